@@ -103,8 +103,13 @@ def _describe(err: Exception) -> tuple[str, str | None]:
 class Codec:
     """Stateless JSON codec shared by the client and the local exchange."""
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME, *, validate_outgoing: bool = False) -> None:
         self.max_frame = max_frame
+        # Commands are always checked before they leave (msgspec does not type-check at
+        # construction, so PlaceOrder(quantity=1.5) would otherwise go out as a float);
+        # replies and notices only when asked, since the exchange builds them from ints.
+        self.validate_outgoing = validate_outgoing
+        self._check_decoders: dict[type, msgspec.json.Decoder] = {}
         self._encoder = msgspec.json.Encoder()
         self._notice_decoder = msgspec.json.Decoder(Union[NOTICES])  # type: ignore[valid-type]
         self._command_decoder = msgspec.json.Decoder(Union[COMMANDS])  # type: ignore[valid-type]
@@ -116,11 +121,26 @@ class Codec:
     # -- encoding ------------------------------------------------------------------------
 
     def encode(self, msg: Command | Reply | Notice) -> bytes:
-        """Encode any message to its exact JSON text (UTF-8 bytes)."""
+        """Encode any message to its exact JSON text (UTF-8 bytes).
+
+        Raises LocalProtocolError for a message that would violate the protocol (a float,
+        bool or out-of-range integer where an int64 belongs, a bad field combination).
+        """
         try:
-            return self._encoder.encode(msg)
+            data = self._encoder.encode(msg)
         except (TypeError, ValueError, OverflowError) as e:
             raise LocalProtocolError(f"cannot encode {type(msg).__name__}: {e}") from None
+        if self.validate_outgoing or isinstance(msg, Command):
+            t = type(msg)
+            dec = self._check_decoders.get(t)
+            if dec is None:
+                dec = self._check_decoders[t] = msgspec.json.Decoder(t)
+            try:
+                dec.decode(data)
+            except msgspec.ValidationError as e:
+                text, path = _describe(e)
+                raise LocalProtocolError(f"refusing to send {t.__name__}: {text}", field=path) from None
+        return data
 
     def encode_text(self, msg: Command | Reply | Notice) -> str:
         return self.encode(msg).decode("utf-8")
@@ -141,7 +161,7 @@ class Codec:
             if path == "$.notice" and msg.startswith("Invalid value"):
                 raise UnknownNotice(msg[len("Invalid value ") :].strip("'")) from None
             raise RemoteProtocolError(f"invalid notice: {msg}", field=path) from None
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
             raise RemoteProtocolError(f"malformed JSON: {e}") from None
         except RecursionError:
             raise RemoteProtocolError("JSON nesting too deep") from None
@@ -157,7 +177,7 @@ class Codec:
                 raise UnknownNotice(msg[len("Invalid value ") :].strip("'")) from None
             if msg != "Object missing required field `notice`":
                 raise RemoteProtocolError(f"invalid notice: {msg}", field=path) from None
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
             raise RemoteProtocolError(f"malformed JSON: {e}") from None
         except RecursionError:
             raise RemoteProtocolError("JSON nesting too deep") from None
@@ -190,7 +210,7 @@ class Codec:
         except msgspec.ValidationError as e:
             msg, path = _describe(e)
             raise RemoteProtocolError(f"invalid {target.__name__}: {msg}", field=path) from None
-        except (msgspec.DecodeError, RecursionError) as e:
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
             raise RemoteProtocolError(f"malformed reply: {e}") from None
 
     # -- server role ---------------------------------------------------------------------
@@ -214,7 +234,7 @@ class Codec:
                 raise BadCommand(msg if msg.endswith(".") else f"Invalid request: {msg}.", tag=tag) from None
             field = path[2:] if path.startswith("$.") else path
             raise BadCommand(f"Invalid {field}: {msg}.", tag=tag, field=path) from None
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
             raise BadCommand(f"Malformed JSON: {e}.", tag=None) from None
         except RecursionError:
             raise BadCommand("JSON nesting too deep.", tag=None) from None
@@ -225,7 +245,7 @@ class Codec:
             head = self._cmd_head_decoder.decode(data)
             tag = msgspec.json.decode(head.tag)
             method = msgspec.json.decode(head.method)
-        except (msgspec.MsgspecError, RecursionError):
+        except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
             return None, None
         tag_ok = type(tag) is int and tag != 0 and -(2**63) <= tag < 2**63
         return (tag if tag_ok else None), (method if isinstance(method, str) else None)
