@@ -146,6 +146,34 @@ class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     """Seconds between ``on_timer`` calls, or null for no timer."""
 
 
+class OrderView(Protocol):
+    """One of the strategy's own orders as hooks see it (read-only)."""
+
+    @property
+    def ref(self) -> int: ...
+
+    @property
+    def side(self) -> Side: ...
+
+    @property
+    def price(self) -> int | None: ...
+
+    @property
+    def quantity(self) -> int:
+        """Original quantity (positive base units)."""
+        ...
+
+    @property
+    def remaining(self) -> int:
+        """Quantity still open (positive base units)."""
+        ...
+
+    @property
+    def is_open(self) -> bool:
+        """True while the order may still trade (pending, open, partially filled, unknown)."""
+        ...
+
+
 class BookView(Protocol):
     """What a strategy may read of the order book (implemented by engine.state.book.Book)."""
 
@@ -170,7 +198,7 @@ class Context(Protocol):
         """Exchange-clock microseconds (wall clock live, virtual in replays)."""
         ...
 
-    def open_orders(self) -> Sequence[Any]: ...
+    def open_orders(self) -> Sequence[OrderView]: ...
 
     def position(self) -> int:
         """Signed base-asset position of this strategy (scaled)."""
