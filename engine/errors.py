@@ -8,6 +8,7 @@ Every error says whose fault it is::
     ├── SecretError              a secret is missing, inline, or in an unsafe file
     ├── ProtocolError
     │   ├── LocalProtocolError   we tried to build or send an invalid message
+    │   │   └── InvalidTransition    an own-order event the order state machine refuses
     │   └── RemoteProtocolError  the peer sent a frame we cannot accept
     ├── ExchangeError            the exchange answered a command with error_code != 0
     │   ├── NotFound                 1  no such user / order / pair, not watching
@@ -172,3 +173,12 @@ class RiskDenied(CoinfloorError):
 
 class ConnectionLost(CoinfloorError):
     """The connection closed while a command was pending; its outcome is unknown."""
+
+
+class InvalidTransition(LocalProtocolError):
+    """An own-order event the order state machine does not allow (engine.state.orders).
+
+    Raised for our own misuse (cancelling a filled order) and for replies or notices that
+    contradict what the exchange already confirmed; the runner answers the latter with a
+    reconciliation (GetOrders + GetBalances), not a crash.
+    """
