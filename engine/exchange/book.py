@@ -1,0 +1,168 @@
+"""Resting orders and the price-time priority book of one market.
+
+Each side keeps its price levels in two structures:
+
+* ``keys``: a sorted Python list of level keys, ascending, with the *best* level last so
+  that taking or dropping the best level is ``list.pop()``.  A bid's key is its price, an
+  ask's key is minus its price (the lowest ask has the largest key).
+* ``levels``: price -> ``OrderedDict`` of id -> :class:`Order` in arrival order.  An
+  OrderedDict gives O(1) append, O(1) removal of any order (cancel) and O(1) access to the
+  oldest order (the next to match): price-time priority with no scans.
+
+New levels are placed with ``bisect.insort`` (a memmove of at most a few thousand
+pointers); the common case, an order joining an existing level, is one dict append.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+
+class Order:
+    """A limit order on the book (mutable: the engine updates it as it fills).
+
+    ``quantity`` is the remaining amount, always positive; ``is_bid`` gives the side.
+    ``reserved`` is what the order holds: counter units for a bid (always
+    ``ceil(quantity*price*mul/den)`` while it rests), base units for an ask (== quantity).
+    ``session_id`` is the session that placed it (persist=false orders die with it).
+    """
+
+    __slots__ = (
+        "id",
+        "user_id",
+        "tonce",
+        "base",
+        "counter",
+        "is_bid",
+        "quantity",
+        "price",
+        "time",
+        "persist",
+        "session_id",
+        "reserved",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        user_id: int,
+        tonce: int | None,
+        base: int,
+        counter: int,
+        is_bid: bool,
+        quantity: int,
+        price: int,
+        time: int,
+        persist: bool,
+        session_id: int,
+        reserved: int,
+    ) -> None:
+        self.id = id
+        self.user_id = user_id
+        self.tonce = tonce
+        self.base = base
+        self.counter = counter
+        self.is_bid = is_bid
+        self.quantity = quantity
+        self.price = price
+        self.time = time
+        self.persist = persist
+        self.session_id = session_id
+        self.reserved = reserved
+
+    @property
+    def signed_quantity(self) -> int:
+        """The wire quantity: positive for a bid, negative for an ask."""
+        return self.quantity if self.is_bid else -self.quantity
+
+    def __repr__(self) -> str:
+        side = "bid" if self.is_bid else "ask"
+        return (
+            f"Order(id={self.id}, user={self.user_id}, {side} {self.quantity} @ {self.price}, "
+            f"tonce={self.tonce}, reserved={self.reserved})"
+        )
+
+
+class BookSide:
+    """One side of a book: levels by price, best level last in ``keys``."""
+
+    __slots__ = ("is_bid", "keys", "levels", "count")
+
+    def __init__(self, is_bid: bool) -> None:
+        self.is_bid = is_bid
+        self.keys: list[int] = []
+        self.levels: dict[int, OrderedDict[int, Order]] = {}
+        self.count = 0
+
+    def add(self, order: Order) -> None:
+        """Append ``order`` at the back of its price level."""
+        level = self.levels.get(order.price)
+        if level is None:
+            level = self.levels[order.price] = OrderedDict()
+            insort(self.keys, order.price if self.is_bid else -order.price)
+        level[order.id] = order
+        self.count += 1
+
+    def remove(self, order: Order) -> None:
+        """Take ``order`` off the book (it must be on this side)."""
+        price = order.price
+        level = self.levels[price]
+        del level[order.id]
+        self.count -= 1
+        if not level:
+            del self.levels[price]
+            keys = self.keys
+            key = price if self.is_bid else -price
+            if keys[-1] == key:
+                keys.pop()
+            else:
+                del keys[bisect_left(keys, key)]
+
+    def best(self) -> Order | None:
+        """The order that matches next (best price, oldest), or None."""
+        keys = self.keys
+        if not keys:
+            return None
+        k = keys[-1]
+        level = self.levels[k if self.is_bid else -k]
+        return next(iter(level.values()))
+
+    def best_price(self) -> int | None:
+        keys = self.keys
+        if not keys:
+            return None
+        k = keys[-1]
+        return k if self.is_bid else -k
+
+    def __iter__(self) -> Iterator[Order]:
+        """Every order, best first (price, then time)."""
+        levels = self.levels
+        bid = self.is_bid
+        for k in reversed(self.keys):
+            yield from levels[k if bid else -k].values()
+
+    def __len__(self) -> int:
+        return self.count
+
+
+class Book:
+    """The two sides of one market plus its total divisor (``mul``/``den``)."""
+
+    __slots__ = ("base", "counter", "bids", "asks", "mul", "den", "order_watchers", "ticker_watchers")
+
+    def __init__(self, base: int, counter: int, mul: int, den: int) -> None:
+        self.base = base
+        self.counter = counter
+        self.mul = mul
+        self.den = den
+        self.bids = BookSide(True)
+        self.asks = BookSide(False)
+        # session id -> Session (insertion-ordered for deterministic delivery)
+        self.order_watchers: dict[int, Any] = {}
+        self.ticker_watchers: dict[int, Any] = {}
+
+    def side(self, is_bid: bool) -> BookSide:
+        return self.bids if is_bid else self.asks
