@@ -151,7 +151,7 @@ def price_to_int(text: str, market: _scale.Market) -> int:
 class ConfigStruct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Base for config sections: frozen, keyword-only, unknown keys rejected.
 
-    Subclass as ``class MyConfig(ConfigStruct, frozen=True):`` (mypy wants ``frozen=True``
+    Subclass as ``class MyConfig(ConfigStruct, frozen=True, kw_only=True):`` (mypy wants ``frozen=True``
     repeated).  Any plain msgspec Struct works too: the loader rejects unknown keys in every
     Struct, whatever its ``forbid_unknown_fields``.
     """
@@ -160,22 +160,23 @@ class ConfigStruct(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
 class InvalidField(ConfigError, ValueError):
     """Raised by a config Struct's ``__post_init__`` to blame one of its keys.
 
-    The loader turns it into ``file:line: path.key: why``; outside the loader it is a plain
-    ConfigError naming the key.
+    ``key`` is a key of that struct, or a tuple path below it (``("strategies", 2, "name")``)
+    for cross-field checks.  The loader turns it into ``file:line: path.key: why`` with the
+    line of the deepest key present in the file; outside the loader it is a plain ConfigError.
     """
 
-    def __init__(self, key: str, why: str) -> None:
-        super().__init__(f"{key}: {why}")
-        self.key = key
+    def __init__(self, key: str | tuple[str | int, ...], why: str) -> None:
+        self.key: tuple[str | int, ...] = (key,) if isinstance(key, str) else tuple(key)
+        super().__init__(f"{_fmt_path(self.key)}: {why}")
         self.why = why
 
 
-def invalid(key: str, why: str) -> InvalidField:
+def invalid(key: str | tuple[str | int, ...], why: str) -> InvalidField:
     """``raise invalid("url", "ws:// is only allowed to loopback hosts")`` in ``__post_init__``."""
     return InvalidField(key, why)
 
 
-class SecretRef(ConfigStruct, frozen=True):
+class SecretRef(ConfigStruct, frozen=True, kw_only=True):
     """Where a secret lives: ``{env: NAME}`` or ``{file: PATH}`` (exactly one).
 
     The secret itself is never in the YAML and never in the config object: the loader
@@ -589,12 +590,15 @@ def _struct(node: _Node, t: mi.StructType, path: tuple[str | int, ...], ctx: _Ct
     values: dict[str, Any] = {}
     deferred: list[mi.Field] = []
     for f in t.fields:
+        if dyn_hook is not None and f.name in getattr(cls, "_config_dynamic", ()):
+            deferred.append(f)
+            continue
         if f.encode_name not in keys:
             if f.required:
                 raise _Fail(node.line, (*path, f.encode_name), "required key is missing")
-            continue
-        if dyn_hook is not None and f.name in getattr(cls, "_config_dynamic", ()):
-            deferred.append(f)
+            rebased = _rebase(f.default, f.type, ctx)
+            if rebased is not f.default:
+                values[f.name] = rebased
             continue
         k, v = keys[f.encode_name]
         values[f.name] = _convert(v, f.type, (*path, f.encode_name), inner)
@@ -602,20 +606,26 @@ def _struct(node: _Node, t: mi.StructType, path: tuple[str | int, ...], ctx: _Ct
         try:
             types = dyn_hook(values)
         except InvalidField as e:
-            k_line = keys[e.key][0].line if e.key in keys else node.line
-            raise _Fail(k_line, (*path, e.key), e.why) from None
+            raise _Fail(_line_at(node, e.key), (*path, *e.key), e.why) from None
         for f in deferred:
-            k, v = keys[f.encode_name]
             ft = types.get(f.name)
-            values[f.name] = _convert(v, mi.type_info(ft) if ft is not None else f.type, (*path, f.encode_name), inner)
+            fti = mi.type_info(ft) if ft is not None else f.type
+            if f.encode_name in keys:
+                v = keys[f.encode_name][1]
+            elif isinstance(_unwrap(fti)[0], mi.StructType):
+                v = _Map([], node.line)  # absent: the struct's defaults, and its required keys reported
+            elif f.required:
+                raise _Fail(node.line, (*path, f.encode_name), "required key is missing")
+            else:
+                continue
+            values[f.name] = _convert(v, fti, (*path, f.encode_name), inner)
     if cls is SecretRef and values.get("file") is not None:
         p = Path(values["file"]).expanduser()
         values["file"] = str(p if p.is_absolute() else ctx.base_dir / p)
     try:
         obj = cls(**values)
     except InvalidField as e:
-        line = keys[e.key][0].line if e.key in keys else node.line
-        raise _Fail(line, (*path, e.key), e.why) from None
+        raise _Fail(_line_at(node, e.key), (*path, *e.key), e.why) from None
     except (ValueError, TypeError) as e:
         raise _Fail(node.line, path, str(e)) from None
     if isinstance(obj, SecretRef) and ctx.resolve_secrets:
@@ -624,6 +634,49 @@ def _struct(node: _Node, t: mi.StructType, path: tuple[str | int, ...], ctx: _Ct
         except SecretError as e:
             raise _Fail(node.line, path, str(e)) from None
     return obj
+
+
+def _rebase(value: Any, t: mi.Type, ctx: _Ctx) -> Any:
+    """A default value with its :data:`ConfigPath` strings made relative to the config file.
+
+    Returns ``value`` itself when nothing changes (so defaults stay shared and cheap).
+    """
+    t, kind = _unwrap(t)
+    if kind == "path" and isinstance(value, str):
+        p = Path(value).expanduser()
+        return str(p if p.is_absolute() else ctx.base_dir / p)
+    if isinstance(t, mi.UnionType):
+        for m in t.types:
+            new = _rebase(value, m, ctx)
+            if new is not value:
+                return new
+        return value
+    if isinstance(t, mi.StructType) and isinstance(value, t.cls):
+        changes = {}
+        for f in t.fields:
+            old = getattr(value, f.name)
+            new = _rebase(old, f.type, ctx)
+            if new is not old:
+                changes[f.name] = new
+        return msgspec.structs.replace(value, **changes) if changes else value
+    return value
+
+
+def _line_at(node: _Node, rel: tuple[str | int, ...]) -> int:
+    """Line of the deepest key of ``rel`` (a path below ``node``) present in the file."""
+    line = node.line
+    for p in rel:
+        if isinstance(node, _Map) and isinstance(p, str):
+            hit = next(((k, v) for k, v in node.items if k.text == p), None)
+            if hit is None:
+                break
+            line, node = hit[0].line, hit[1]
+        elif isinstance(node, _Seq) and isinstance(p, int) and 0 <= p < len(node.items):
+            node = node.items[p]
+            line = node.line
+        else:
+            break
+    return line
 
 
 def _union(node: _Node, t: mi.UnionType, path: tuple[str | int, ...], ctx: _Ctx) -> Any:
@@ -817,3 +870,86 @@ def iter_paths(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from iter_paths(v, f"{prefix}[{i}]")
     else:
         yield prefix, data
+
+
+# ---------------------------------------------------------------------------------------
+# JSON Schema
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a Struct class (the string literal under each field), by name.
+
+    Python keeps no attribute docstrings at run time, so they are read from the source.
+    """
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.cleandoc("\n" + inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for stmt, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = inspect.cleandoc(nxt.value.value)
+    return docs
+
+
+def _struct_classes(t: mi.Type, out: dict[str, type]) -> None:
+    t, _ = _unwrap(t)
+    if isinstance(t, mi.StructType):
+        if t.cls.__name__ in out:
+            return
+        out[t.cls.__name__] = t.cls
+        for f in t.fields:
+            _struct_classes(f.type, out)
+    elif isinstance(t, mi.UnionType):
+        for m in t.types:
+            _struct_classes(m, out)
+    elif isinstance(t, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
+        _struct_classes(t.item_type, out)
+    elif isinstance(t, mi.TupleType):
+        for it in t.item_types:
+            _struct_classes(it, out)
+    elif isinstance(t, mi.DictType):
+        _struct_classes(t.value_type, out)
+
+
+def json_schema(type_: type, *, title: str | None = None) -> dict[str, Any]:
+    """JSON Schema (2020-12) of a config type, for editors and ``cftrade check --schema``.
+
+    msgspec's schema plus what it cannot know: field docstrings become ``description``,
+    class docstrings are dedented, and :class:`SecretRef` demands exactly one of env/file.
+    The schema checks shapes; the loader's extra rules (YAML 1.1 traps, cross-field checks,
+    strategy params) are stricter.
+    """
+    import inspect
+
+    schema: dict[str, Any] = msgspec.json.schema(type_)
+    classes: dict[str, type] = {}
+    _struct_classes(mi.type_info(type_), classes)
+    for name, d in schema.get("$defs", {}).items():
+        cls = classes.get(name)
+        if cls is None:
+            continue
+        if "description" in d:
+            d["description"] = inspect.cleandoc(d["description"])
+        docs = field_docs(cls)
+        for f in msgspec.structs.fields(cls):
+            prop = d.get("properties", {}).get(f.encode_name)
+            if prop is not None and f.name in docs and "description" not in prop:
+                prop["description"] = docs[f.name]
+        if cls is SecretRef:
+            d["oneOf"] = [{"required": ["env"]}, {"required": ["file"]}]
+    out: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+    if title:
+        out["title"] = title
+    out.update(schema)
+    return out

@@ -33,7 +33,7 @@ def test_registered_name_and_module_spec_resolve() -> None:
 
 
 def test_unknown_name_suggests_closest() -> None:
-    with pytest.raises(ConfigError, match=r"unknown strategy 'h6_tiny_registr'; did you mean 'h6_tiny_registry'\?"):
+    with pytest.raises(ConfigError, match=r"unknown strategy 'h6_tiny_registr'; did you mean 'h6_tiny_registry'"):
         resolve("h6_tiny_registr")
     with pytest.raises(ConfigError, match=r"registered: .*h6_tiny_registry"):
         resolve("zzzzzzzzzzzzzzzz")

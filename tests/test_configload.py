@@ -33,7 +33,7 @@ from engine.scale import V1, XBT, XBT_GBP
 CANARY = "canary-S3cr3t-9f2e7d"
 
 
-class Inner(ConfigStruct, frozen=True):
+class Inner(ConfigStruct, frozen=True, kw_only=True):
     spread_ticks: Annotated[int, msgspec.Meta(gt=0)] = 2
     size: Amount = "0.01"
     limit: Price = "100"
@@ -45,7 +45,7 @@ class Inner(ConfigStruct, frozen=True):
     tags: list[str] = []
 
 
-class Outer(ConfigStruct, frozen=True):
+class Outer(ConfigStruct, frozen=True, kw_only=True):
     inner: Inner = Inner()
     items: list[Inner] = []
     caps: dict[str, Amount] = {}
@@ -232,7 +232,7 @@ def test_amount_and_price_helpers() -> None:
         amount_to_int("0.000000001", XBT)
 
 
-class Shape(ConfigStruct, frozen=True):
+class Shape(ConfigStruct, frozen=True, kw_only=True):
     kind: str
     params: Any = None
     _config_dynamic: ClassVar[tuple[str, ...]] = ("params",)
@@ -244,12 +244,12 @@ class Shape(ConfigStruct, frozen=True):
         return {"params": Inner}
 
     def __post_init__(self) -> None:
-        if self.kind == "inner" and not isinstance(self.params, Inner):
-            raise invalid("params", "missing")
+        if self.kind == "inner" and isinstance(self.params, Inner) and self.params.name == "bad":
+            raise invalid(("params", "name"), "is bad")
 
 
 def test_dynamic_field_types_keep_paths_and_lines() -> None:
-    class Top(ConfigStruct, frozen=True):
+    class Top(ConfigStruct, frozen=True, kw_only=True):
         shapes: list[Shape]
 
     top = loads("shapes:\n- kind: inner\n  params: {spread_ticks: 4}\n", Top)
@@ -258,8 +258,10 @@ def test_dynamic_field_types_keep_paths_and_lines() -> None:
     assert (e.line, e.path) == (5, "shapes[0].params.persist")  # type: ignore[attr-defined]
     e = err("shapes:\n- params: {}\n  kind: outer\n", Top)
     assert (e.line, e.path) == (3, "shapes[0].kind") and "unknown kind 'outer'" in str(e)  # type: ignore[attr-defined]
-    e = err("shapes:\n- kind: inner\n", Top)
-    assert (e.line, e.path) == (2, "shapes[0].params") and "missing" in str(e)  # type: ignore[attr-defined]
+    # Absent: the dynamic type's defaults (a Struct is still validated, required keys reported).
+    assert loads("shapes:\n- kind: inner\n", Top).shapes[0].params == Inner()
+    e = err("shapes:\n- kind: inner\n  params:\n    persist: true\n    name: bad\n", Top)
+    assert (e.line, e.path) == (5, "shapes[0].params.name") and "is bad" in str(e)  # type: ignore[attr-defined]
     e = err("other: 1\n", Top)
     assert (e.line, e.path) == (1, "other")  # type: ignore[attr-defined]
     e = err("{}\n", Top)
