@@ -41,7 +41,7 @@ from msgspec import UNSET
 
 from engine.errors import ConfigError, RemoteProtocolError
 from engine.exchange.book import Book, BookSide, Order
-from engine.exchange.rounding import PPM, affordable_quantity, stochastic_round
+from engine.exchange.rounding import PPM, make_below
 from engine.exchange.settings import ExchangeSettings, UserCredentials, resolve_credentials
 from engine.exchange.windows import Ticker, TrailingSum
 from engine.limits import RATE_ERROR_MSG, Limit, Limiter, SlidingWindow, TokenBucket, make_limiter
@@ -229,6 +229,7 @@ class Exchange:
         self.scales = settings.scales
         self._clock = clock_us
         self._rng = rng
+        self._below = make_below(rng)
         self._now = 0
         self._last_time = 0
         self._next_id = 1
@@ -239,21 +240,16 @@ class Exchange:
         self._open_first = settings.policy.open_notice_before_match
 
         self._books: dict[tuple[int, int], Book] = {}
-        self._fee_tiers: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        self._tickers: dict[tuple[int, int], Ticker] = {}
         self._ticker_sent: dict[tuple[int, int], tuple[Any, ...]] = {}
         assets: list[int] = []
         for ms in settings.markets:
             m = ms.market
             mul, den = self.scales.total_divisor(m)
-            self._books[m.codes] = Book(m.base.code, m.counter.code, mul, den)
-            self._tickers[m.codes] = Ticker()
             tiers = [
                 (self.scales.parse_amount(t.min_volume, m.base), t.maker_ppm, t.taker_ppm)
                 for t in settings.fees
             ]
-            tiers.sort(key=lambda t: t[0], reverse=True)
-            self._fee_tiers[m.codes] = tiers
+            self._books[m.codes] = Book(m.base.code, m.counter.code, mul, den, tiers)
             for a in m.codes:
                 if a not in assets:
                     assets.append(a)
@@ -444,13 +440,14 @@ class Exchange:
         return book
 
     def _fee_ppm(self, acct: _Account, book: Book, maker: bool) -> int:
-        tiers = self._fee_tiers[(book.base, book.counter)]
-        if len(tiers) > 1:
-            vol = acct.volumes.get(book.base)
-            v = vol.value(self._now) if vol is not None else 0
-            for min_vol, maker_ppm, taker_ppm in tiers:
-                if v >= min_vol:
-                    return maker_ppm if maker else taker_ppm
+        """The fee rate of ``acct`` in ``book`` by its 30-day volume in the base asset (the
+        lowest tier applies below every tier's minimum)."""
+        tiers = book.fee_tiers
+        vol = acct.volumes.get(book.base)
+        v = vol.value(self._now) if vol is not None else 0
+        for min_vol, maker_ppm, taker_ppm in tiers:
+            if v >= min_vol:
+                return maker_ppm if maker else taker_ppm
         _, maker_ppm, taker_ppm = tiers[-1]
         return maker_ppm if maker else taker_ppm
 
@@ -561,10 +558,20 @@ class Exchange:
     # -- PlaceOrder
 
     def _place_order(self, s: Session, cmd: PlaceOrder, tag: Any) -> Reply:
-        acct = self._account(s)
-        now = self._tick()
-        self._rate(s, "orders")
-        book = self._book(cmd.base, cmd.counter)
+        # The hot path: helpers are inlined here on purpose (see bench_exchange_core).
+        uid = s.user_id
+        if uid is None:
+            raise _Reject(7, Msg.NOT_AUTHENTICATED)
+        acct = self._accounts[uid]
+        now = self._clock()
+        if now < self._last_time:
+            now = self._last_time
+        self._last_time = self._now = now
+        if self._limits:
+            self._rate(s, "orders")
+        book = self._books.get((cmd.base, cmd.counter))
+        if book is None:
+            raise _Reject(1, Msg.INVALID_PAIR)
         tonce: int | None = None if cmd.tonce is UNSET else cmd.tonce
         if tonce == 0:
             raise _Reject(8, Msg.TONCE_ZERO)
@@ -575,16 +582,14 @@ class Exchange:
                 raise _Reject(8, Msg.MARKET_NEEDS)
             if q == 0:
                 raise _Reject(8, Msg.QUANTITY_ZERO)
-            if price == 0:
-                raise _Reject(8, Msg.PRICE_ZERO)
-            if price < 0:
-                raise _Reject(8, Msg.PRICE_NEGATIVE)
+            if price <= 0:
+                raise _Reject(8, Msg.PRICE_ZERO if price == 0 else Msg.PRICE_NEGATIVE)
             is_bid = q > 0
             aq = q if is_bid else -q
             if aq * price > INT64_MAX:
                 raise _Reject(8, Msg.OVERFLOW)
             if is_bid:
-                need = ceil_div(aq * price * book.mul, book.den)
+                need = -((-aq * price * book.mul) // book.den)
                 if need > INT64_MAX:
                     raise _Reject(8, Msg.OVERFLOW)
                 asset = book.counter
@@ -600,14 +605,15 @@ class Exchange:
             # -- no error is possible from here on: commit
             if tonce is not None:
                 acct.tonce_hw = tonce
+            oid = self._next_id
+            self._next_id = oid + 1
             order = Order(
-                self._next_id, acct.user_id, tonce, book.base, book.counter, is_bid, aq, price, now,
-                cmd.persist is not False, s.id, need,
+                oid, uid, tonce, book.base, book.counter, is_bid, aq, price, now, cmd.persist is not False, s.id, need
             )
-            self._next_id += 1
-            self._limit_order(book, acct, order, s)
-            self._flush_tickers()
-            return PlaceOrderReply(tag=tag, id=order.id, time=now)
+            self._limit_order(book, acct, order, s, asset)
+            if self._touched:
+                self._flush_tickers()
+            return PlaceOrderReply(tag=tag, id=oid, time=now)
 
         # market order
         if cmd.quantity is not UNSET:
@@ -630,27 +636,37 @@ class Exchange:
         if tonce is not None:
             acct.tonce_hw = tonce
         traded_q, traded_t = self._match(book, acct, buy, None, None, want_q, want_t, tonce)
-        self._flush_tickers()
+        if self._touched:
+            self._flush_tickers()
         remaining = want_q - traded_q if want_q is not None else want_t - traded_t  # type: ignore[operator]
         return PlaceOrderReply(tag=tag, remaining=remaining)
 
-    def _limit_order(self, book: Book, acct: _Account, order: Order, s: Session) -> None:
+    def _limit_order(self, book: Book, acct: _Account, order: Order, s: Session, asset: int) -> None:
         """Reserve, match and rest (or close) a validated limit order."""
-        asset = book.counter if order.is_bid else book.base
         acct.avail[asset] -= order.reserved
         acct.reserved[asset] += order.reserved
-        self._notify_balance(acct, asset)
+        if acct.listeners:
+            self._notify_balance(acct, asset)
         if self._open_first:
             self._notify_opened(order)
-        self._match(book, acct, order.is_bid, order, order.price, None, None, order.tonce)
-        if order.quantity > 0 and order.reserved > 0 and not self._dust_taker:
-            book.side(order.is_bid).add(order)
-            self._orders[order.id] = order
-            acct.orders[order.id] = order
+        is_bid = order.is_bid
+        # Match only if the order crosses the best opposite price (most orders do not).
+        keys = book.asks.keys if is_bid else book.bids.keys
+        dust = False
+        if keys and (-keys[-1] <= order.price if is_bid else keys[-1] >= order.price):
+            self._match(book, acct, is_bid, order, order.price, None, None, order.tonce)
+            dust = self._dust_taker
+        if order.quantity > 0 and not dust:
+            (book.bids if is_bid else book.asks).add(order)
+            oid = order.id
+            self._orders[oid] = order
+            acct.orders[oid] = order
             if order.tonce is not None:
                 acct.by_tonce[order.tonce] = order
             if not order.persist:
-                s.volatile[order.id] = order
+                s.volatile[oid] = order
+            if book.ticker_watchers:
+                self._touched.append(book.codes)
             if not self._open_first:
                 self._notify_opened(order)
         else:
@@ -675,15 +691,26 @@ class Exchange:
 
         ``order`` is the taker's limit order (None for a market order, which is limited by
         ``want_q`` or ``want_t`` and by the taker's available balance instead).
+
+        The buyer always pays total + fee out of a budget (the bid's reservation, or the
+        market buyer's available balance), so each fill is capped at the quantity whose
+        total and fee fit the budget even if both round up (see rounding.py).  A resting
+        bid that cannot pay for a single unit is dust and is closed; so is a taker bid,
+        which would otherwise rest crossing the book.
         """
         self._dust_taker = False
-        self._touched.append((book.base, book.counter))
+        if book.ticker_watchers:
+            self._touched.append(book.codes)
         opp: BookSide = book.asks if buy else book.bids
+        opp_keys, opp_levels = opp.keys, opp.levels
         mul, den = book.mul, book.den
         accounts = self._accounts
         self_cancel = self._self_trade_cancel
+        flat = book.flat_fees
+        if flat is not None:
+            maker_ppm, taker_ppm = flat
         traded_q = traded_t = 0
-        while True:
+        while opp_keys:
             if order is not None:
                 left = order.quantity
                 if left == 0:
@@ -694,12 +721,11 @@ class Exchange:
                     break
             else:
                 left = INT64_MAX
-            m = opp.best()
-            if m is None:
-                break
-            p = m.price
+            k = opp_keys[-1]
+            p = -k if buy else k
             if limit is not None and (p > limit if buy else p < limit):
                 break
+            m = next(iter(opp_levels[p].values()))
             if self_cancel and m.user_id == acct.user_id:
                 self._close_order(m, acct)
                 continue
@@ -710,10 +736,14 @@ class Exchange:
                 if cap < x:
                     x = cap
             if buy:
-                ppm_b = self._fee_ppm(acct, book, False)
-                ppm_a = self._fee_ppm(maker, book, True)
+                if flat is None:
+                    ppm_b = self._fee_ppm(acct, book, False)
+                    ppm_a = self._fee_ppm(maker, book, True)
+                else:
+                    ppm_b, ppm_a = taker_ppm, maker_ppm
                 budget = order.reserved if order is not None else acct.avail[book.counter]
-                cap = affordable_quantity(budget, p, mul, den, ppm_b)
+                # largest x with ceil(x*p*mul/den) + fee, both rounded up, within budget
+                cap = ((budget * PPM) // (PPM + ppm_b) * den) // (p * mul)
                 if cap < x:
                     x = cap
                 if x <= 0:
@@ -722,9 +752,12 @@ class Exchange:
                     break
                 t = self._trade(book, acct, maker, order, m, x, p, ppm_b, ppm_a, tonce, None)
             else:
-                ppm_a = self._fee_ppm(acct, book, False)
-                ppm_b = self._fee_ppm(maker, book, True)
-                cap = affordable_quantity(m.reserved, p, mul, den, ppm_b)
+                if flat is None:
+                    ppm_a = self._fee_ppm(acct, book, False)
+                    ppm_b = self._fee_ppm(maker, book, True)
+                else:
+                    ppm_a, ppm_b = taker_ppm, maker_ppm
+                cap = ((m.reserved * PPM) // (PPM + ppm_b) * den) // (p * mul)
                 if cap <= 0:
                     # The resting bid cannot pay for one unit plus fee: it is dust; close it.
                     self._close_order(m, maker)
@@ -757,22 +790,33 @@ class Exchange:
         ask_mkt_tonce: int | None,
     ) -> int:
         """One fill of ``x`` at ``p``; either ``bid`` or ``ask`` may be None (market side)."""
-        rng = self._rng
+        below = self._below
         mul, den = book.mul, book.den
         base, counter = book.base, book.counter
-        t = stochastic_round(x * p * mul, den, rng)
-        fb = stochastic_round(t * ppm_b, PPM, rng)
-        fa = stochastic_round(t * ppm_a, PPM, rng)
+        # Stochastic rounding, inlined (rounding.stochastic_round): total, then the buyer's
+        # fee, then the seller's fee, each drawing only when it has a fractional part.
+        t, r = divmod(x * p * mul, den)
+        if r and below(den) < r:
+            t += 1
+        fb, r = divmod(t * ppm_b, PPM)
+        if r and below(PPM) < r:
+            fb += 1
+        fa, r = divmod(t * ppm_a, PPM)
+        if r and below(PPM) < r:
+            fa += 1
         # buyer: pays total + fee from the bid's reservation (or available), gets x base
         excess = 0
         if bid is not None:
             r = bid.reserved - t - fb
             q = bid.quantity - x
             if q:
-                q_max = (r * den) // (bid.price * mul)
+                bp = bid.price
+                q_max = (r * den) // (bp * mul)
                 if q_max < q:
                     q = q_max
-            need = ceil_div(q * bid.price * mul, den) if q else 0
+                need = -((-q * bp * mul) // den)
+            else:
+                need = 0
             excess = r - need
             buyer.reserved[counter] -= bid.reserved - need
             buyer.avail[counter] += excess
@@ -791,9 +835,10 @@ class Exchange:
         seller.avail[counter] += t - fa
         self._fees[counter] += fb + fa
         now = self._now
-        self._tickers[(base, counter)].trade(now, p, x)
+        book.ticker.trade(now, p, x)
 
-        self._notify_matched(book, buyer, seller, bid, ask, x, p, t, fb, fa, bid_mkt_tonce, ask_mkt_tonce)
+        if buyer.listeners or seller.listeners or book.order_watchers:
+            self._notify_matched(book, buyer, seller, bid, ask, x, p, t, fb, fa, bid_mkt_tonce, ask_mkt_tonce)
         if buyer.listeners:
             self._notify_balance(buyer, base)
             if bid is None or excess:
@@ -802,17 +847,8 @@ class Exchange:
             if ask is None:
                 self._notify_balance(seller, base)
             self._notify_balance(seller, counter)
-        for acct in (buyer, seller):
-            vols = acct.volumes
-            for asset, amount in ((base, x), (counter, t)):
-                v = vols.get(asset)
-                if v is None:
-                    v = vols[asset] = TrailingSum()
-                total = v.add(now, amount)
-                if acct.listeners and amount:
-                    n = TradeVolumeChanged(asset=asset, volume=total)
-                    for sess in acct.listeners.values():
-                        sess.deliver(n)
+        self._add_volume(buyer, base, x, counter, t, now)
+        self._add_volume(seller, base, x, counter, t, now)
         # a resting order that is done leaves the book
         if bid is not None and bid.quantity == 0 and bid.id in self._orders:
             self._close_order(bid, buyer)
@@ -820,11 +856,32 @@ class Exchange:
             self._close_order(ask, seller)
         return t
 
+    def _add_volume(self, acct: _Account, base: int, x: int, counter: int, t: int, now: int) -> None:
+        """Add one side of a trade to a user's 30-day volumes (TradeVolumeChanged if listened)."""
+        vols = acct.volumes
+        vb = vols.get(base)
+        if vb is None:
+            vb = vols[base] = TrailingSum()
+        vc = vols.get(counter)
+        if vc is None:
+            vc = vols[counter] = TrailingSum()
+        total_b = vb.add(now, x)
+        total_c = vc.add(now, t)
+        if acct.listeners:
+            nb = TradeVolumeChanged(asset=base, volume=total_b)
+            for sess in acct.listeners.values():
+                sess.deliver(nb)
+            if t:
+                nc = TradeVolumeChanged(asset=counter, volume=total_c)
+                for sess in acct.listeners.values():
+                    sess.deliver(nc)
+
     # -- closing orders
 
     def _close_order(self, order: Order, acct: _Account) -> None:
         """Take a resting order off the book and release what it still reserves."""
-        self._books[(order.base, order.counter)].side(order.is_bid).remove(order)
+        book = self._books[(order.base, order.counter)]
+        book.side(order.is_bid).remove(order)
         del self._orders[order.id]
         del acct.orders[order.id]
         if order.tonce is not None and acct.by_tonce.get(order.tonce) is order:
@@ -833,7 +890,8 @@ class Exchange:
             s = self._sessions.get(order.session_id)
             if s is not None:
                 s.volatile.pop(order.id, None)
-        self._touched.append((order.base, order.counter))
+        if book.ticker_watchers:
+            self._touched.append(book.codes)
         self._release(order, acct)
 
     def _release(self, order: Order, acct: _Account) -> None:
@@ -933,7 +991,7 @@ class Exchange:
         return WatchTickerReply(tag=tag, last=last, bid=bid, ask=ask, low=low, high=high, volume=volume)
 
     def _ticker_values(self, book: Book) -> tuple[Any, ...]:
-        t = self._tickers[(book.base, book.counter)]
+        t = book.ticker
         t.expire(self._now)
         return (t.last, book.bids.best_price(), book.asks.best_price(), t.low, t.high, t.volume)
 
@@ -1167,7 +1225,7 @@ class Exchange:
                     "counter": counter,
                     "bids": [_order_json(o) for o in b.bids],
                     "asks": [_order_json(o) for o in b.asks],
-                    "ticker": self._tickers[(base, counter)].to_json(),
+                    "ticker": b.ticker.to_json(),
                 }
             )
         accounts = []
@@ -1244,7 +1302,7 @@ class Exchange:
                     o = _order_from_json(d, codes)
                     side.add(o)
                     all_orders.append(o)
-            ex._tickers[codes] = Ticker.from_json(b["ticker"])
+            book.ticker = Ticker.from_json(b["ticker"])
         for o in sorted(all_orders, key=lambda o: o.id):
             ex._orders[o.id] = o
             acct = ex._accounts[o.user_id]

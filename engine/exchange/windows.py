@@ -35,9 +35,10 @@ class TrailingSum:
 
     def add(self, now: int, amount: int) -> int:
         """Add ``amount`` at time ``now`` and return the new trailing total."""
-        self.expire(now)
-        b = now - now % BUCKET_US
         buckets = self.buckets
+        if buckets and buckets[0][0] <= now - self.window_us:
+            self.expire(now)
+        b = now - now % BUCKET_US
         if buckets and buckets[-1][0] == b:
             buckets[-1][1] += amount
         else:
@@ -75,10 +76,11 @@ class Ticker:
         self.volume = 0
 
     def trade(self, now: int, price: int, quantity: int) -> None:
-        self.expire(now)
+        buckets = self.buckets
+        if buckets and buckets[0][0] <= now - self.window_us:
+            self.expire(now)
         self.last = price
         b = now - now % BUCKET_US
-        buckets = self.buckets
         if buckets and buckets[-1][0] == b:
             cur = buckets[-1]
             if price < cur[1]:
