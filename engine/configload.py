@@ -707,16 +707,34 @@ def _union(node: _Node, t: mi.UnionType, path: tuple[str | int, ...], ctx: _Ctx)
         kinds = ", ".join(_describe_type(m) for m in members)
         raise _expect(node, kinds.replace(", ", " or "), path, ctx)
     first: _Fail | None = None
+    fitting_kind: _Fail | None = None
     for raw in raws:
         try:
             return _convert(node, raw, path, ctx)
         except _Fail as e:
             first = first or e
+            if fitting_kind is None and isinstance(node, _Scalar) and _fits_kind(node, _unwrap(raw)[0]):
+                fitting_kind = e
     assert first is not None
+    if fitting_kind is not None:
+        raise fitting_kind  # right type, wrong value (``-1`` for ``int >= 1 | None``): say only that
     if len(raws) > 1 and isinstance(node, _Scalar):
         kinds = " or ".join(_describe_type(_unwrap(r)[0]) for r in raws)
         raise _Fail(first.line, first.path, f"expected {kinds}; {first.why}")
     raise first
+
+
+def _fits_kind(node: _Scalar, t: mi.Type) -> bool:
+    """Whether the scalar is of the member's type (so its failure is about the value)."""
+    if isinstance(t, mi.IntType):
+        return node.kind == "int"
+    if isinstance(t, mi.FloatType):
+        return node.kind in ("int", "float")
+    if isinstance(t, mi.StrType):
+        return node.kind == "str"
+    if isinstance(t, mi.BoolType):
+        return node.kind == "bool"
+    return False
 
 
 def _describe_type(t: mi.Type) -> str:
