@@ -137,6 +137,11 @@ def _rebudget(old: Limiter | None, limit: Limit, algorithm: str) -> Limiter:
     return new
 
 
+def _seconds(t: float) -> str:
+    """Seconds to the microsecond, without trailing zeros: ``99.5``, ``0.000061``."""
+    return f"{t:.6f}".rstrip("0").rstrip(".")
+
+
 class RiskGovernor:
     """Pre-trade checks, trading states, kill switch and order budgets for one Coinfloor user.
 
@@ -327,7 +332,7 @@ class RiskGovernor:
                 return Refusal(rule, f"{rule}: {type(intent).__name__} needs {cost} order placements; the {who} budget is {limiter.limit}")
             if limiter.headroom(now) < cost:
                 wait = limiter.try_acquire(now, cost)  # takes nothing here: it only says when
-                return Refusal(rule, f"{rule}: {who} budget of {limiter.limit} used, next token in {wait:.3f} s")
+                return Refusal(rule, f"{rule}: {who} budget of {limiter.limit} used, next token in {_seconds(wait)} s")
         s.limiter.try_acquire(now, cost)
         user.try_acquire(now, cost)
         return None
