@@ -99,6 +99,10 @@ def check(path: str) -> RunConfig:
     if ex.embedded and ex.config is not None:
         if not Path(ex.config).is_file():
             raise ConfigError(f"{path}: exchange.config: no such file {ex.config}")
+        from engine.configload import load
+        from engine.exchange.settings import ExchangeSettings
+
+        load(ex.config, ExchangeSettings)  # its errors name that file, its line and key
     return cfg
 
 

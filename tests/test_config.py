@@ -188,5 +188,9 @@ def test_embedded_exchange_settings_file_must_exist(tmp_path: Path) -> None:
     path.write_text("exchange: {config: ex.yaml}\nstrategies: [{name: a, class: h6_maker, market: 'XBT:GBP'}]\n")
     with pytest.raises(ConfigError, match=r"exchange.config: no such file .*ex\.yaml"):
         config_cli.check(str(path))
-    (tmp_path / "ex.yaml").write_text("{}\n")
+    (tmp_path / "ex.yaml").write_text("users:\n  - {user_id: 1, demo: true, balances: {GBP: '100'}}\n")
     assert config_cli.check(str(path)).exchange.config == str(tmp_path / "ex.yaml")
+    # The embedded exchange's own settings are checked too, with their own file and line.
+    (tmp_path / "ex.yaml").write_text("users:\n  - user_id: 1\n    demo: no\n")
+    with pytest.raises(ConfigError, match=r"ex\.yaml:3: users\[0\]\.demo: expected true or false, got no"):
+        config_cli.check(str(path))

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 import pytest
 
+from engine import configload
 from engine.configload import (
     MAX_BYTES,
     Amount,
@@ -52,6 +53,16 @@ class Outer(ConfigStruct, frozen=True, kw_only=True):
     cookie: SecretRef | None = None
     path: ConfigPath | None = None
     anything: Any = None
+
+
+@pytest.fixture(autouse=True, params=["libyaml", "pure"])
+def loader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on libyaml's parser (the default) and on PyYAML's pure-Python one."""
+    if request.param == "pure":
+        monkeypatch.setattr(configload, "_Loader", configload._StrictLoader)
+    else:
+        assert configload._Loader is not configload._StrictLoader, "libyaml missing: only the pure loader runs"
+    return str(request.param)
 
 
 def err(text: str, type_: type = Outer) -> ConfigError:
