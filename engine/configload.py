@@ -883,7 +883,8 @@ def load(path: str | os.PathLike[str], type_: type[T], *, resolve_secrets: bool 
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _error(name, None, (), f"file is not valid UTF-8 (byte {e.start})") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise _error(name, line, (), f"file is not valid UTF-8 (byte {e.start})") from None
     return loads(text, type_, filename=name, resolve_secrets=resolve_secrets, base_dir=p.parent)
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from engine import configload
 from engine.configload import (
@@ -277,3 +279,36 @@ def test_dynamic_field_types_keep_paths_and_lines() -> None:
     assert (e.line, e.path) == (1, "other")  # type: ignore[attr-defined]
     e = err("{}\n", Top)
     assert e.path == "shapes" and "required key is missing" in str(e)  # type: ignore[attr-defined]
+
+
+def test_B7_file_not_utf8(tmp_path: Path) -> None:
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes(b"inner:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.yaml:2: file is not valid UTF-8 \(byte 18\)"):
+        load(f, Outer)
+
+
+_texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+
+
+# The loader fixture only swaps a module attribute: safe to share between examples.
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=_texts,
+    tags=st.lists(_texts, max_size=4),
+    ticks=st.integers(1, 2**63 - 1),
+    ratio=st.floats(allow_nan=False, allow_infinity=False),
+    size=st.decimals(min_value=0, max_value=10**12, places=8).map(lambda d: format(d, "f")),
+    persist=st.booleans(),
+    caps=st.dictionaries(_texts, st.sampled_from(["0", "1.5", "1000"]), max_size=3),
+)
+def test_round_trip_any_values(
+    loader: str, name: str, tags: list[str], ticks: int, ratio: float, size: str, persist: bool, caps: dict[str, str]
+) -> None:
+    # Whatever the strings hold ("no", "010", "1e3", "", newlines, unicode), dumps() quotes
+    # them so loads() gives back exactly the same object.
+    cfg = Outer(
+        inner=Inner(spread_ticks=ticks, size=size, name=name, persist=persist, ratio=ratio, tags=tags),
+        caps=caps,
+    )
+    assert loads(dumps(cfg), Outer) == cfg
