@@ -215,7 +215,7 @@ def test_price_band_reference_falls_back_and_is_configurable():
     only_last = MarketView(best_bid=P, last=2 * P)  # one-sided book: no mid, use last
     assert rule(lim, PlaceLimit(BUY, 2 * P, 1), only_last) is None
     assert "from the last 100000.00 GBP" in verdict(lim, PlaceLimit(BUY, P, 1), only_last)[1]
-    by_last = RiskLimits(price_band_bps=100, band_reference="last")
+    by_last = RiskLimits(price_band_bps=100, price_band_reference="last")
     both = MarketView(best_bid=P - 100, best_ask=P + 100, last=2 * P)
     assert rule(by_last, PlaceLimit(BUY, 2 * P, 1), both) is None
     assert rule(lim, PlaceLimit(BUY, 2 * P, 1), both) == "price_band"  # mid wins by default
@@ -377,15 +377,15 @@ def test_limits_validation():
         RiskLimits(max_order_quantity=1.5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"risk.price_band_bps must be an int >= 0"):
         RiskLimits(price_band_bps=True)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=r"band_reference must be 'mid' or 'last'"):
-        RiskLimits(band_reference="bid")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"price_band_reference must be 'mid' or 'last'"):
+        RiskLimits(price_band_reference="bid")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"safety_factor must be in \(0, 1\]"):
         UserRiskLimits(safety_factor=1.5)
     assert UserRiskLimits().order_budget == Limit(900, 1000.0, "user")
     assert UserRiskLimits(safety_factor=0.29, orders=Limit(100, 10.0)).order_budget.count == 29  # not 28
 
 
-# -- property: whatever a strategy emits, the gate answers and never lets a breach through -------
+# -- properties: whatever a strategy emits, the gate answers; what it allows respects every limit --
 
 LIM = RiskLimits(
     max_order_quantity=2 * XBT,
@@ -401,48 +401,113 @@ junk = st.one_of(
     st.none(),
     st.text(max_size=3),
 )
-qty = st.one_of(st.integers(min_value=-10, max_value=4 * XBT), junk)
-price = st.one_of(st.integers(min_value=P * 9 // 10, max_value=P * 11 // 10), junk)
-side = st.one_of(st.sampled_from([BUY, SELL]), junk)
-intents = st.one_of(
-    st.builds(PlaceLimit, side, price, qty),
-    st.builds(PlaceMarket, side, st.one_of(st.none(), qty), st.one_of(st.none(), qty)),
-    st.builds(Replace, st.integers(0, 9), price, qty),
+sides = st.sampled_from([BUY, SELL])
+qtys = st.integers(min_value=-10, max_value=3 * XBT)
+prices = st.integers(min_value=P * 965 // 1000, max_value=P * 1035 // 1000)
+any_intent = st.one_of(
+    st.builds(PlaceLimit, st.one_of(sides, junk), st.one_of(prices, junk), st.one_of(qtys, junk)),
+    st.builds(PlaceMarket, st.one_of(sides, junk), st.one_of(st.none(), qtys, junk), st.one_of(st.none(), qtys, junk)),
+    st.builds(Replace, st.one_of(st.integers(0, 9), junk), st.one_of(prices, junk), st.one_of(qtys, junk)),
     st.builds(Cancel, st.one_of(st.integers(0, 9), junk)),
     st.just(CancelAll()),
     junk,
 )
+typed_intent = st.one_of(
+    st.builds(PlaceLimit, sides, prices, qtys),
+    st.builds(PlaceMarket, sides, quantity=qtys),
+    st.builds(PlaceMarket, sides, total=st.integers(-10, 10_000_000)),
+    st.builds(Replace, st.integers(0, 9), prices, qtys),
+    st.builds(Cancel, st.integers(0, 9)),
+    st.just(CancelAll()),
+)
+maybe_price = st.one_of(st.none(), st.none(), prices)
 views = st.builds(
     MarketView,
     best_bid=st.just(P - 500),
     best_ask=st.just(P + 500),
     last=st.just(P),
     position=st.integers(-4 * XBT, 4 * XBT),
-    open_orders=st.integers(0, 6),
+    open_orders=st.integers(0, 5),
     user_open_orders=st.integers(6, 1000),
     open_buy_quantity=st.integers(0, XBT),
     open_sell_quantity=st.integers(0, XBT),
+    own_best_bid=maybe_price,
+    own_best_ask=maybe_price,
 )
+states = st.sampled_from(list(TradingState))
 
 
 @settings(max_examples=300, deadline=None)
-@given(intent=intents, view=views)
-def test_B8_any_output_gets_an_answer_and_allowed_orders_respect_every_limit(intent, view):
-    g = gov(LIM)
-    d = g.check("s", intent, view, XBT_GBP)
+@given(intent=any_intent, view=views)
+def test_B8_any_output_gets_a_well_formed_answer(intent, view):
+    d = gov(LIM).check("s", intent, view, XBT_GBP)
     if d is not None:
         assert d.rule in RULES and d.rule != "internal_error"
         assert d.reason.startswith(d.rule + ": ")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(intent=typed_intent, view=views, state=states, replace_side=st.one_of(st.none(), sides))
+def test_allowed_intents_respect_every_limit(intent, view, state, replace_side):
+    g = gov(LIM)
+    if state is TradingState.HALTED:
+        g.halt("s", "test")
+    elif state is TradingState.REDUCING:
+        g.reduce("s", "test")
+    d = g.check("s", intent, view, XBT_GBP, replace_side=replace_side)
+    if d is not None:
+        assert d.rule in RULES and d.rule != "internal_error"
         return
-    if isinstance(intent, (PlaceLimit, Replace)):
-        assert type(intent.quantity) is int and 0 < intent.quantity <= LIM.max_order_quantity
-        assert type(intent.price) is int and intent.price > 0
-        assert -(-intent.quantity * intent.price // XBT) <= LIM.max_order_notional
-        assert abs(intent.price - P) * 10000 <= 300 * P
+    if isinstance(intent, (Cancel, CancelAll)):
+        return
+    assert state is not TradingState.HALTED
+    # the reference model: plain arithmetic on the intent, independent of the implementation
+    if isinstance(intent, PlaceMarket):
+        far = view.best_ask if intent.side is BUY else view.best_bid
+        q = intent.quantity if intent.quantity is not None else -(-intent.total * XBT // far)
+        notional = -(-q * far // XBT) if intent.quantity is not None else intent.total
+        price, sides_ = None, [intent.side]
+    else:
+        q, price = intent.quantity, intent.price
+        notional = -(-q * price // XBT)
+        if isinstance(intent, Replace):
+            sides_ = [replace_side] if replace_side is not None else [BUY, SELL]
+        else:
+            sides_ = [intent.side]
+    assert 0 < q <= LIM.max_order_quantity and 0 < notional <= LIM.max_order_notional
+    if price is not None:
+        assert abs(price - P) * 10000 <= 300 * P
     if isinstance(intent, PlaceLimit):
         assert view.open_orders < LIM.max_open_orders and view.user_open_orders < 1000
-        s = 1 if intent.side is BUY else -1
-        worst = view.position + s * ((view.open_buy_quantity if s > 0 else view.open_sell_quantity) + intent.quantity)
+    for side in sides_:
+        sign = 1 if side is BUY else -1
+        worst = view.position + sign * ((view.open_buy_quantity if sign > 0 else view.open_sell_quantity) + q)
         assert abs(worst) <= LIM.max_position or abs(worst) < abs(view.position)
-    if isinstance(intent, PlaceMarket):
-        assert (intent.quantity is None) != (intent.total is None)
+        if state is TradingState.REDUCING:
+            assert abs(worst) < abs(view.position) and worst * view.position >= 0
+        own_far = view.own_best_ask if side is BUY else view.own_best_bid
+        if price is None:
+            assert own_far is None  # a market order could meet any own order on the far side
+        elif own_far is not None:
+            assert price < own_far if side is BUY else price > own_far
+
+
+def test_tighten_takes_the_stricter_limit_field_by_field():
+    own = RiskLimits(max_order_quantity=XBT, max_position=None, price_band_bps=300, order_rate=Limit(10, 10.0))
+    glob = RiskLimits(max_order_quantity=2 * XBT, max_position=5 * XBT, price_band_bps=200, price_band_reference="last")
+    t = own.tighten(glob)
+    assert (t.max_order_quantity, t.max_position, t.price_band_bps) == (XBT, 5 * XBT, 200)
+    assert t.price_band_reference == "mid" and t.order_rate == Limit(10, 10.0)
+    assert RiskLimits().tighten(glob) == glob
+
+
+def test_self_cross_with_precomputed_own_best_prices():
+    lim = RiskLimits()
+    view = MarketView(best_bid=P - 100, best_ask=P + 100, own_best_bid=P - 100, own_best_ask=P + 100)
+    assert rule(lim, PlaceLimit(BUY, P + 99, 1), view) is None
+    assert rule(lim, PlaceLimit(BUY, P + 100, 1), view) == "self_cross"
+    assert rule(lim, PlaceLimit(SELL, P - 100, 1), view) == "self_cross"
+    # both inputs together: the union counts
+    mixed = MarketView(best_bid=P - 100, best_ask=P + 100, own_best_ask=P + 300, own_resting=((SELL, P + 50),))
+    assert rule(lim, PlaceLimit(BUY, P + 50, 1), mixed) == "self_cross"
+    assert rule(lim, PlaceMarket(BUY, quantity=1), MarketView(best_ask=P, own_best_ask=P + 900)) == "self_cross"

@@ -159,8 +159,7 @@ def _reference(view: MarketView, which: str) -> tuple[int, int, str] | None:
 
 def _own_best(view: MarketView) -> tuple[int | None, int | None]:
     """(highest own resting bid, lowest own resting ask) of the user in this market."""
-    hi_bid: int | None = None
-    lo_ask: int | None = None
+    hi_bid, lo_ask = view.own_best_bid, view.own_best_ask
     for side, price in view.own_resting:
         if side is Side.BUY:
             if hi_bid is None or price > hi_bid:
@@ -323,7 +322,7 @@ def _judge(
             )
 
     if o.price is not None and limits.price_band_bps is not None:
-        ref = _reference(view, limits.band_reference)
+        ref = _reference(view, limits.price_band_reference)
         if ref is None:
             # Fail closed: with a band configured and nothing to measure against, refuse.
             return _refuse("price_band", f"no reference price (no bid and ask for a mid, no last trade) for a {verb} at {fmt.price(o.price)}")
@@ -336,7 +335,7 @@ def _judge(
                 f"{fmt.ratio(num, den)} > band {limits.price_band_bps} bps",
             )
 
-    if view.own_resting:
+    if view.own_resting or view.own_best_bid is not None or view.own_best_ask is not None:
         hi_bid, lo_ask = _own_best(view)
         if o.price is None:
             # A market order may sweep any depth, so any own resting order on the far side

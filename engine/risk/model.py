@@ -80,7 +80,7 @@ class RiskLimits:
                             strategy's open orders on the same side filled).
     ``max_open_orders``     resting orders of this strategy.
     ``price_band_bps``      a limit price may be at most this many basis points from the
-                            reference price; ``band_reference`` picks it: ``"mid"`` (the
+                            reference price; ``price_band_reference`` picks it: ``"mid"`` (the
                             mid of best bid and ask, else the last trade) or ``"last"`` (the
                             last trade, else the mid).
     ``max_loss``            counter units lost since the first equity mark (realized +
@@ -95,7 +95,7 @@ class RiskLimits:
     max_position: int | None = None
     max_open_orders: int | None = None
     price_band_bps: int | None = None
-    band_reference: BandReference = "mid"
+    price_band_reference: BandReference = "mid"
     max_loss: int | None = None
     max_drawdown: int | None = None
     order_rate: Limit | None = None
@@ -111,10 +111,33 @@ class RiskLimits:
             "max_drawdown",
         ):
             _check_limit("risk", name, getattr(self, name))
-        if self.band_reference not in ("mid", "last"):
-            raise ConfigError(f"risk.band_reference must be 'mid' or 'last', was {self.band_reference!r}")
+        if self.price_band_reference not in ("mid", "last"):
+            raise ConfigError(f"risk.price_band_reference must be 'mid' or 'last', was {self.price_band_reference!r}")
         if self.order_rate is not None and not isinstance(self.order_rate, Limit):
             raise ConfigError(f"risk.order_rate must be an engine.limits.Limit or None, was {self.order_rate!r}")
+
+    def tighten(self, other: RiskLimits) -> RiskLimits:
+        """The stricter of two limit sets, field by field (e.g. a strategy's own limits and
+        the config's global section): the smaller number wins, ``None`` loses to any number.
+        ``price_band_reference`` and ``order_rate`` are taken from ``self`` when it sets a band
+        or a rate, else from ``other``."""
+
+        def low(a: int | None, b: int | None) -> int | None:
+            return b if a is None else a if b is None else min(a, b)
+
+        return RiskLimits(
+            max_order_quantity=low(self.max_order_quantity, other.max_order_quantity),
+            max_order_notional=low(self.max_order_notional, other.max_order_notional),
+            max_position=low(self.max_position, other.max_position),
+            max_open_orders=low(self.max_open_orders, other.max_open_orders),
+            price_band_bps=low(self.price_band_bps, other.price_band_bps),
+            price_band_reference=(
+                self.price_band_reference if self.price_band_bps is not None else other.price_band_reference
+            ),
+            max_loss=low(self.max_loss, other.max_loss),
+            max_drawdown=low(self.max_drawdown, other.max_drawdown),
+            order_rate=self.order_rate if self.order_rate is not None else other.order_rate,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +199,10 @@ class MarketView:
                           Replace the runner may leave the replaced order out.
     ``own_resting``       (side, price) of every resting order of the *user* in this market,
                           for the no-self-crossing rule.
+    ``own_best_bid``/``own_best_ask``  the same rule's inputs precomputed: the user's highest
+                          resting bid and lowest resting ask here.  Cheaper than a long
+                          ``own_resting`` (a scan of 1,000 orders costs ~150 µs); the rule
+                          uses both when both are given.
     """
 
     best_bid: int | None = None
@@ -187,3 +214,5 @@ class MarketView:
     open_buy_quantity: int = 0
     open_sell_quantity: int = 0
     own_resting: Sequence[tuple[Side, int]] = ()
+    own_best_bid: int | None = None
+    own_best_ask: int | None = None
