@@ -398,7 +398,7 @@ class RiskGovernor:
                 for s in self._strategies.values():
                     s.needs_cancel = True
                 log.warning("risk: global kill, every strategy HALTED: %s", reason)
-                self._persist(strict=False)
+                self._persist()
             return
         self._halt_one(self._get(name), reason)
 
@@ -409,7 +409,7 @@ class RiskGovernor:
         self._records[s.name] = StateRecord(HALTED, reason, self._wall())
         s.needs_cancel = True
         log.warning("risk: strategy %s HALTED: %s", s.name, reason)
-        self._persist(strict=False)
+        self._persist()
         return True
 
     def reduce(self, name: str, reason: str) -> None:
@@ -488,15 +488,14 @@ class RiskGovernor:
         self._kill, self._records = kill, records
         self._persist_error = None
 
-    def _persist(self, *, strict: bool) -> None:
+    def _persist(self) -> None:
+        """Write the current states for a halt: never raises (the halt holds in memory)."""
         if self._state_path is None:
             return
         try:
             save_states(self._state_path, self._kill, self._records)
             self._persist_error = None
         except OSError as e:
-            if strict:
-                raise
             self._persist_error = f"{self._state_path}: {e.strerror or e}"
             log.error("risk: cannot persist trading states to %s: %s", self._state_path, e)
 
