@@ -22,6 +22,7 @@ Every error says whose fault it is::
     ├── RateLimited              our own governor refused a token (acquire_nowait)
     ├── RiskDenied               the risk governor refused an intent, with a reason
     └── ConnectionLost           the transport closed or died under a pending command
+        └── ConnectFailed        opening the connection failed; no trading command was sent
 
 ``ExchangeError.from_reply(code, msg)`` picks the subclass from the code, so callers can
 ``except TonceOutOfSequence`` without comparing integers.
@@ -182,3 +183,8 @@ class InvalidTransition(LocalProtocolError):
     contradict what the exchange already confirmed; the runner answers the latter with a
     reconciliation (GetOrders + GetBalances), not a crash.
     """
+
+
+class ConnectFailed(ConnectionLost):
+    """Opening a connection failed: DNS, TCP, TLS verification, the WebSocket handshake, a
+    missing or bad Welcome, or no reply to Authenticate.  No trading command was sent."""
