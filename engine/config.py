@@ -41,7 +41,7 @@ from msgspec.structs import force_setattr
 from engine import registry
 from engine.configload import Amount, ConfigPath, ConfigStruct, SecretRef, invalid, load
 from engine.errors import ConfigError, ScaleError
-from engine.limits import DEFAULT_LIMITS, MAX_OPEN_ORDERS
+from engine.limits import DEFAULT_LIMITS, MAX_OPEN_ORDERS, Limit
 from engine.scale import Market, Scales, asset_by_symbol, market_by_name
 
 __all__ = [
@@ -160,9 +160,11 @@ class RiskLimits(ConfigStruct, frozen=True, kw_only=True):
     """Pre-trade risk limits.  Null means "no limit at this level".
 
     Quantities are in the market's base asset, notional, loss and drawdown in its counter
-    asset, all as decimal strings.  The same keys serve the global ``risk`` section (applied
-    to the user as a whole, each order checked in its own market's assets) and each
-    strategy's ``risk`` (applied to that strategy).
+    asset, all as decimal strings.  The same keys serve each strategy's ``risk`` and the
+    global ``risk`` section.  The global ``max_open_orders`` is the user's limit (all
+    strategies together); every other global key tightens each strategy's own limit
+    (the stricter wins), checked in that strategy's market (see
+    :meth:`RunConfig.strategy_risk`).
     """
 
     max_order_quantity: Amount | None = None
@@ -383,6 +385,60 @@ class RunConfig(ConfigStruct, frozen=True, kw_only=True):
     def market_infos(self) -> list[Market]:
         return [market_by_name(m) for m in self.markets]
 
+    def strategy(self, name: str) -> StrategySpec:
+        """The strategy entry called ``name`` (KeyError if none)."""
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def strategy_risk(self, name: str) -> Any:
+        """Strategy ``name``'s limits for the risk governor: an ``engine.risk.model.RiskLimits``
+        of scaled ints, its own ``risk`` tightened by the global section.
+
+        The conversion from decimal text goes through :mod:`engine.scale` at the configured API
+        version.  ``max_position`` is taken for the market's base asset (the governor tracks
+        base positions).  The global ``max_open_orders`` is the user's limit
+        (:meth:`user_risk`), so it does not tighten the strategy's own.
+        """
+        from engine.risk.model import RiskLimits as Scaled
+
+        spec = self.strategy(name)
+        market = spec.market_info
+
+        def scaled(r: RiskLimits, own: bool) -> Any:
+            sc = self.scales
+
+            def amt(text: str | None, asset: Any) -> int | None:
+                return None if text is None else sc.parse_amount(text, asset)
+
+            pos = r.max_position.get(market.base.symbol)  # type: ignore[call-overload]
+            rate = spec.order_rate if own else None
+            return Scaled(
+                max_order_quantity=amt(r.max_order_quantity, market.base),
+                max_order_notional=amt(r.max_order_notional, market.counter),
+                max_position=amt(pos, market.base),
+                max_open_orders=r.max_open_orders if own else None,
+                price_band_bps=r.price_band_bps,
+                price_band_reference=r.price_band_reference,
+                max_loss=amt(r.max_loss, market.counter),
+                max_drawdown=amt(r.max_drawdown, market.counter),
+                order_rate=None if rate is None else Limit(rate.count, rate.per, "user"),
+            )
+
+        own = scaled(spec.risk or RiskLimits(), True)
+        return own.tighten(scaled(self.risk, False))
+
+    def user_risk(self) -> Any:
+        """The user-wide limits for the risk governor (``engine.risk.model.UserRiskLimits``)."""
+        from engine.risk.model import UserRiskLimits
+
+        return UserRiskLimits(
+            max_open_orders=self.risk.max_open_orders or MAX_OPEN_ORDERS,
+            safety_factor=self.rate_limits.safety_factor,
+            algorithm=self.rate_limits.algorithm,
+        )
+
     def order_budget(self, name: str) -> tuple[int, float]:
         """(count, per seconds) of strategy ``name``'s order-command budget.
 
@@ -390,9 +446,7 @@ class RunConfig(ConfigStruct, frozen=True, kw_only=True):
         explicit ones leave of the user budget equally, over the LIMITS.md window.
         """
         lim = DEFAULT_LIMITS["orders"]
-        spec = next((s for s in self.strategies if s.name == name), None)
-        if spec is None:
-            raise KeyError(name)
+        spec = self.strategy(name)
         if spec.order_rate is not None:
             return (spec.order_rate.count, spec.order_rate.per)
         allowed = self.rate_limits.safety_factor * lim.count / lim.per

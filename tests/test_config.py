@@ -194,3 +194,42 @@ def test_embedded_exchange_settings_file_must_exist(tmp_path: Path) -> None:
     (tmp_path / "ex.yaml").write_text("users:\n  - user_id: 1\n    demo: no\n")
     with pytest.raises(ConfigError, match=r"ex\.yaml:3: users\[0\]\.demo: expected true or false, got no"):
         config_cli.check(str(path))
+
+
+def test_risk_limits_for_the_governor_are_scaled_and_tightened(secrets_env: Path) -> None:
+    from engine.limits import Limit
+    from engine.risk.model import RiskLimits as Scaled
+
+    cfg = load_run_config(str(copy_in(DATA / "good" / "full.yaml", secrets_env)))
+    assert cfg.strategy_risk("mm") == Scaled(
+        max_order_quantity=10_000_000,  # own "0.1" XBT at 1e8
+        max_order_notional=2_500_000,  # global "25000.00" GBP at 1e2
+        max_position=50_000_000,  # own "0.5" beats global "2"
+        max_open_orders=20,  # own; the global 1000 is the user's limit
+        price_band_bps=200,  # own 200 beats global 500 ...
+        price_band_reference="mid",  # ... and brings its own reference
+        max_loss=100_000,
+        max_drawdown=150_050,
+        order_rate=Limit(100, 1000.0, "user"),
+    )
+    assert cfg.strategy_risk("taker") == Scaled(
+        max_order_notional=2_500_000,  # EUR this time
+        max_position=200_000_000,
+        price_band_bps=500,
+        price_band_reference="last",
+        max_loss=100_000,
+        max_drawdown=150_050,
+    )
+    user = cfg.user_risk()
+    assert (user.max_open_orders, user.algorithm, user.order_budget) == (1000, "bucket", Limit(900, 1000.0, "user"))
+    with pytest.raises(KeyError):
+        cfg.strategy_risk("nobody")
+
+
+def test_risk_limits_follow_the_api_version(tmp_path: Path) -> None:
+    path = tmp_path / "v1.yaml"
+    path.write_text((DATA / "good" / "v1_embedded.yaml").read_text())
+    cfg = load_run_config(str(path))
+    assert cfg.run.api_version == 1
+    r = cfg.strategy_risk("t")
+    assert (r.max_order_quantity, r.max_loss) == (1, 1025)  # "0.0001" XBT at 1e4, "10.25" EUR at 1e2
