@@ -804,7 +804,7 @@ class Exchange:
         fa, r = divmod(t * ppm_a, PPM)
         if r and below(PPM) < r:
             fa += 1
-        # buyer: pays total + fee from the bid's reservation (or available), gets x base
+        # Orders and reservations first (OrdersMatched reports the remainders) ...
         excess = 0
         if bid is not None:
             r = bid.reserved - t - fb
@@ -819,33 +819,40 @@ class Exchange:
                 need = 0
             excess = r - need
             buyer.reserved[counter] -= bid.reserved - need
-            buyer.avail[counter] += excess
             bid.quantity = q
             bid.reserved = need
-        else:
-            buyer.avail[counter] -= t + fb
-        buyer.avail[base] += x
-        # seller: gives x base (from the ask's reservation or available), gets total - fee
         if ask is not None:
             ask.quantity -= x
             ask.reserved -= x
             seller.reserved[base] -= x
-        else:
-            seller.avail[base] -= x
-        seller.avail[counter] += t - fa
         self._fees[counter] += fb + fa
         now = self._now
         book.ticker.trade(now, p, x)
-
         if buyer.listeners or seller.listeners or book.order_watchers:
             self._notify_matched(book, buyer, seller, bid, ask, x, p, t, fb, fa, bid_mkt_tonce, ask_mkt_tonce)
+        # ... then the available balances, one change per BalanceChanged, in this order:
+        # buyer base (+x), buyer counter (excess back, or total+fee paid at market),
+        # seller base (-x, market only), seller counter (+total-fee).  One change per
+        # notice lets a client match each BalanceChanged to the delta it anticipates,
+        # even in a self-trade.
+        buyer.avail[base] += x
         if buyer.listeners:
             self._notify_balance(buyer, base)
-            if bid is None or excess:
+        if bid is not None:
+            if excess:
+                buyer.avail[counter] += excess
+                if buyer.listeners:
+                    self._notify_balance(buyer, counter)
+        else:
+            buyer.avail[counter] -= t + fb
+            if buyer.listeners:
                 self._notify_balance(buyer, counter)
-        if seller.listeners:
-            if ask is None:
+        if ask is None:
+            seller.avail[base] -= x
+            if seller.listeners:
                 self._notify_balance(seller, base)
+        seller.avail[counter] += t - fa
+        if seller.listeners:
             self._notify_balance(seller, counter)
         self._add_volume(buyer, base, x, counter, t, now)
         self._add_volume(seller, base, x, counter, t, now)
