@@ -539,12 +539,15 @@ class Connection:
                     task_status.started()
         finally:
             self._mark_dead("closed")
+            # When an enclosing scope is cancelled, trio-websocket's reader task is being
+            # cancelled too and could never see the peer's close frame: skip the handshake.
+            graceful = not self._broken and trio.current_effective_deadline() != -math.inf
             with trio.CancelScope(shield=True):
-                await self._close_transport()
+                await self._close_transport(graceful)
             self._torn_down.set()
 
-    async def _close_transport(self) -> None:
-        if not self._broken and self._ws.closed is None:
+    async def _close_transport(self, graceful: bool) -> None:
+        if graceful and self._ws.closed is None:
             with trio.move_on_after(self._options.close_timeout):
                 await self._ws.aclose()
         # trio-websocket leaves the stream open after some closes (e.g. 1009); make sure.
