@@ -439,6 +439,7 @@ class Connection:
             await pending.done.wait()
         except ConnectionClosed as e:
             if not pending.done.is_set():
+                self._pending.pop(tag, None)
                 pending.fail(self._lost(pending, _describe_close(e.reason)))
         finally:
             if not pending.done.is_set():
@@ -774,7 +775,8 @@ async def _establish(
         if stream is not None:
             await trio.aclose_forcefully(stream)
         nursery.cancel_scope.cancel()
-        shared.counters.connect_failures += 1
+        if not isinstance(e, trio.Cancelled):
+            shared.counters.connect_failures += 1
         where = f"{target.host}:{target.port}"
         if isinstance(e, trio.TooSlowError):
             raise ConnectFailed(f"no WebSocket session with {where} within the connect/handshake timeout") from None
@@ -794,8 +796,9 @@ async def _establish(
             await conn._authenticate(credentials, server_nonce)
         else:
             conn._mark_session_started()
-    except BaseException:
-        shared.counters.connect_failures += 1
+    except BaseException as e:
+        if not isinstance(e, trio.Cancelled):
+            shared.counters.connect_failures += 1
         with trio.CancelScope(shield=True):
             await conn.aclose()
         nursery.cancel_scope.cancel()

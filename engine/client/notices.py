@@ -128,7 +128,11 @@ _TICKER_FIELDS = ("last", "bid", "ask", "low", "high", "volume")
 
 def merge_tickers(older: TickerChanged, newer: TickerChanged) -> TickerChanged:
     """One TickerChanged equivalent to ``older`` followed by ``newer`` (absent = unchanged)."""
-    changes = {f: getattr(newer, f) for f in _TICKER_FIELDS if getattr(newer, f) is not UNSET}
+    changes = {}
+    for f in _TICKER_FIELDS:
+        value = getattr(newer, f)
+        if value is not UNSET:
+            changes[f] = value
     return msgspec.structs.replace(older, **changes) if changes else older
 
 
@@ -191,7 +195,8 @@ class NoticeQueue:
     def _append(self, event: Event, kind: int) -> _Slot:
         slot = _Slot(event, kind)
         self._slots.append(slot)
-        self._lot.unpark()
+        if self._lot:  # only when a receiver is parked: this runs once per frame
+            self._lot.unpark()
         return slot
 
     def put(self, event: Event, session: int = 0) -> bool:
@@ -200,36 +205,44 @@ class NoticeQueue:
         """
         if self._closed:
             raise trio.ClosedResourceError("the notice queue is closed")
-        if isinstance(event, TickerChanged):
-            key = (event.base, event.counter)
-            old = self._tickers.get(key)
-            if old is not None:
-                assert isinstance(old.event, TickerChanged)
-                merged = merge_tickers(old.event, event)
-                self._conflated += 1
-                if self._slots[-1] is old:
-                    # Still the newest event (a ticker flood): merge in place.  This also
-                    # keeps dead slots bounded by the live events queued between tickers.
-                    old.event = merged
-                else:
-                    old.live = False  # merged forward: the newer position carries both
-                    self._tickers[key] = self._append(merged, _TICKER)
-                return True
-            if len(self._tickers) < MAX_PENDING_TICKERS:
-                self._tickers[key] = self._append(event, _TICKER)
-                return True
-            return self._put_public(event, key, session)
-        if isinstance(event, Notice):
-            if is_own(event):
+        # Dispatch on the exact type (this is the hot path of the reader task).
+        t = type(event)
+        if t is OrderOpened or t is OrderClosed:
+            if event.tonce is not UNSET:  # type: ignore[union-attr]
                 return self._put_own(event)
-            if isinstance(event, OrderOpened | OrdersMatched | OrderClosed):
-                return self._put_public(event, (event.base, event.counter), session)
-            # Welcome or a future notice type: treat as own (never dropped) to be safe.
-            return self._put_own(event)
-        if isinstance(event, ReplyEvent):
+            return self._put_public(event, (event.base, event.counter), session)  # type: ignore[union-attr]
+        if t is OrdersMatched:
+            if event.bid_tonce is not UNSET or event.ask_tonce is not UNSET:  # type: ignore[union-attr]
+                return self._put_own(event)
+            return self._put_public(event, (event.base, event.counter), session)  # type: ignore[union-attr]
+        if t is TickerChanged:
+            return self._put_ticker(event, session)  # type: ignore[arg-type]
+        if isinstance(event, Notice | ReplyEvent):
+            # BalanceChanged, TradeVolumeChanged, echoed replies; also Welcome or a future
+            # notice type, treated as own (never dropped) to be safe.
             return self._put_own(event)
         self._append(event, _MARKER)
         return True
+
+    def _put_ticker(self, event: TickerChanged, session: int) -> bool:
+        key = (event.base, event.counter)
+        old = self._tickers.get(key)
+        if old is not None:
+            assert isinstance(old.event, TickerChanged)
+            merged = merge_tickers(old.event, event)
+            self._conflated += 1
+            if self._slots[-1] is old:
+                # Still the newest event (a ticker flood): merge in place.  This also
+                # keeps dead slots bounded by the live events queued between tickers.
+                old.event = merged
+            else:
+                old.live = False  # merged forward: the newer position carries both
+                self._tickers[key] = self._append(merged, _TICKER)
+            return True
+        if len(self._tickers) < MAX_PENDING_TICKERS:
+            self._tickers[key] = self._append(event, _TICKER)
+            return True
+        return self._put_public(event, key, session)
 
     def _put_own(self, event: Event) -> bool:
         self._append(event, _OWN)

@@ -271,14 +271,14 @@ class ReconnectingClient:
                     self._last_reason = str(e)
                     log.warning("connection attempt failed: %s", e)
                 except ExchangeError as e:
-                    if entered or isinstance(e, RateLimitExceeded):
-                        if entered:
-                            raise
-                        log.warning("authentication rate-limited by the exchange: %s", e)
-                    else:
+                    if entered:
+                        raise  # from on_connected: the application's to handle
+                    if not isinstance(e, RateLimitExceeded):
                         self._halted = e
                         log.error("authentication refused, not retrying: %s", e)
                         raise
+                    self._last_reason = str(e)
+                    log.warning("authentication rate-limited by the exchange: %s", e)
                 finally:
                     if self._conn is not None:
                         self._conn = None
