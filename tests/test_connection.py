@@ -485,7 +485,7 @@ async def test_F7_dead_peer_detected_by_missing_pong(autojump_clock):
     async with memory_connection(peer) as conn:
         await trio.sleep(10.0)
         peer.sessions[0].blackhole()  # half-open: nothing in, nothing out
-        with pytest.raises(ConnectionLost, match="no pong within 15 s .* outcome of GetOrders"):
+        with trio.fail_after(120), pytest.raises(ConnectionLost, match="no pong within 15 s .* outcome of GetOrders"):
             await conn.request(GetOrders())
         assert trio.current_time() == 60.0  # ping at 45 s, pong deadline 15 s later
         assert "half-open" in await conn.wait_closed()

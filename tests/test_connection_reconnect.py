@@ -48,6 +48,14 @@ async def tcp_url(peer: ScriptedPeer) -> AsyncIterator[str]:
         raise (group.exceptions[0] if len(group.exceptions) == 1 else group) from None
 
 
+@asynccontextmanager
+async def guarded_nursery(limit: float = 1000.0) -> AsyncIterator[trio.Nursery]:
+    """A nursery with a (virtual-time) deadline, so a regression fails instead of hanging."""
+    with trio.fail_after(limit):
+        async with trio.open_nursery() as nursery:
+            yield nursery
+
+
 def drain(client: ReconnectingClient) -> list[Any]:
     out = []
     while True:
@@ -112,7 +120,7 @@ async def test_F1_survives_a_dropped_tcp_connection():
             backoff=Backoff(initial=0.0), rng=random.Random(3),
         )
         with trio.fail_after(20):
-            async with trio.open_nursery() as nursery:
+            async with guarded_nursery() as nursery:
                 await nursery.start(client.run)
                 await client.watch_orders(XBT, GBP)
                 await client.watch_ticker(XBT, GBP)
@@ -145,7 +153,7 @@ async def test_backoff_times_are_exact_and_reset_after_a_stable_session(autojump
     dials: list[float] = []
     backoff = Backoff(initial=1.0, maximum=4.0, multiplier=2.0, jitter=0.5, reset_after=60.0)
 
-    async with trio.open_nursery() as nursery:
+    async with guarded_nursery() as nursery:
 
         async def dial(target: Target) -> trio.abc.Stream:
             dials.append(trio.current_time())
@@ -200,7 +208,7 @@ async def test_error_6_on_authenticate_is_retried_with_backoff(autojump_clock):
             return super()._authenticate(session, command)
 
     peer = Peer()
-    async with trio.open_nursery() as nursery:
+    async with guarded_nursery() as nursery:
         client = ReconnectingClient("ws://127.0.0.1/", creds(), allow_insecure=True,
                                     dial=peer.memory_dial(nursery), backoff=Backoff(jitter=0.0))
         await nursery.start(client.run)
@@ -217,7 +225,7 @@ async def test_requests_wait_until_on_connected_has_reconciled(autojump_clock):
         await trio.sleep(3.0)  # a slow reconciliation
         await conn.request(GetOrders())
 
-    async with trio.open_nursery() as nursery:
+    async with guarded_nursery() as nursery:
         client = ReconnectingClient("ws://127.0.0.1/", creds(), allow_insecure=True,
                                     dial=peer.memory_dial(nursery), on_connected=on_connected)
         nursery.start_soon(client.run)
@@ -238,7 +246,7 @@ async def test_reconnect_waits_for_a_stuck_consumer_to_drain(autojump_clock):
 
     peer = ScriptedPeer(on_command=on_command)
     opts = ConnectionOptions(max_own_notices=10)
-    async with trio.open_nursery() as nursery:
+    async with guarded_nursery() as nursery:
         client = ReconnectingClient("ws://127.0.0.1/", creds(), allow_insecure=True, options=opts,
                                     dial=peer.memory_dial(nursery), backoff=Backoff(jitter=0.0))
         await nursery.start(client.run)
@@ -257,7 +265,7 @@ async def test_reconnect_waits_for_a_stuck_consumer_to_drain(autojump_clock):
 
 async def test_run_once_and_stream_closes_when_run_ends(autojump_clock):
     peer = ScriptedPeer()
-    async with trio.open_nursery() as nursery:
+    async with guarded_nursery() as nursery:
         client = ReconnectingClient("ws://127.0.0.1/", None, allow_insecure=True, dial=peer.memory_dial(nursery))
         with trio.move_on_after(1.0):
             await client.run()
