@@ -1,0 +1,113 @@
+"""An inventory-skewed market maker in the Avellaneda–Stoikov spirit, in integer arithmetic.
+
+Avellaneda and Stoikov quote around a *reservation price* that moves against inventory,
+``r = mid − q·γ·σ²·(T−t)``, with a spread that widens with volatility.  Here the same shape
+is kept with exchange integers only:
+
+* ``mid`` is the book's integer mid (floor of (bid + ask) / 2), in price units;
+* ``σ`` is the standard deviation of recent mid changes, in price units (integer sqrt of an
+  integer variance over ``vol_window`` samples);
+* inventory ``q`` is the strategy's position measured in order sizes (kept as a ratio);
+* reservation = mid − skew_per_size × q, and the half-spread is
+  ``half_spread + vol_mult_pct × σ / 100``.
+
+Quotes are refreshed when the wanted price moves by ``requote_threshold`` or more (each
+requote costs two rate-limit tokens, so the threshold bounds the order rate).  No bid is
+posted once the position reaches ``max_inventory``, no ask once it reaches −max_inventory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from engine.configload import Amount, Price
+from engine.registry import register
+from engine.strategy import Context, Side, Strategy, StrategyConfig
+
+
+@register("market_maker")
+class MarketMaker(Strategy):
+    class Config(StrategyConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+        size: Amount = "0.01"
+        """Quote size in base units, decimal text (e.g. "0.01" XBT)."""
+        half_spread: Price = "1.00"
+        """Minimum distance of each quote from the reservation price, decimal price text."""
+        skew_per_size: Price = "0.50"
+        """Reservation-price shift per order-size of inventory, decimal price text (γσ²(T−t) folded in)."""
+        vol_window: int = 50
+        """Number of mid samples for the volatility estimate."""
+        vol_mult_pct: int = 100
+        """Extra half-spread as a percentage of the mid-change standard deviation."""
+        max_inventory: Amount = "0.05"
+        """Absolute position at which the side that would grow it stops quoting."""
+        requote_threshold: Price = "0.50"
+        """Requote only when the wanted price moved at least this much (bounds the order rate)."""
+
+    def on_start(self, ctx: Context) -> None:
+        p = self.p
+        assert isinstance(p, MarketMaker.Config)
+        self.size = ctx.amount(p.size)
+        self.half = ctx.price(p.half_spread)
+        self.skew = ctx.price(p.skew_per_size)
+        self.max_inv = ctx.amount(p.max_inventory)
+        self.threshold = max(ctx.price(p.requote_threshold), 1)
+        self.mids: deque[int] = deque(maxlen=max(p.vol_window, 2))
+        self.vol_mult = p.vol_mult_pct
+        self.quotes: dict[Side, int] = {}  # side -> ref of the live quote
+
+    def sigma(self) -> int:
+        """Standard deviation of mid changes in price units (integer, floor)."""
+        m = list(self.mids)
+        if len(m) < 3:
+            return 0
+        d = [b - a for a, b in zip(m, m[1:], strict=False)]
+        n = len(d)
+        mean_num = sum(d)  # mean = mean_num / n
+        var_num = sum((x * n - mean_num) ** 2 for x in d)  # var = var_num / n**3
+        return math.isqrt(var_num // (n**3))
+
+    def wanted(self, ctx: Context, mid: int) -> dict[Side, int]:
+        pos = ctx.position()
+        reservation = mid - (self.skew * pos) // self.size
+        half = self.half + self.vol_mult * self.sigma() // 100
+        out: dict[Side, int] = {}
+        if pos < self.max_inv:
+            out[Side.BUY] = reservation - half
+        if pos > -self.max_inv:
+            out[Side.SELL] = reservation + half
+        return out
+
+    def on_book(self, ctx: Context) -> None:
+        bid, ask = ctx.book.best_bid(), ctx.book.best_ask()
+        if bid is None or ask is None:
+            return
+        mid = (bid + ask) // 2
+        if not self.mids or self.mids[-1] != mid:
+            self.mids.append(mid)
+        self.requote(ctx, self.wanted(ctx, mid), bid, ask)
+
+    def requote(self, ctx: Context, want: dict[Side, int], bid: int, ask: int) -> None:
+        live = {o.ref: o for o in ctx.open_orders() if o.is_open}
+        for side in (Side.BUY, Side.SELL):
+            ref = self.quotes.get(side)
+            order = live.get(ref) if ref is not None else None
+            price = want.get(side)
+            if price is not None:
+                # never cross the touch: a maker quote stays on its own side of the book
+                price = min(price, ask - 1) if side is Side.BUY else max(price, bid + 1)
+            if price is None or price <= 0:
+                if order is not None:
+                    ctx.cancel(order.ref)
+                    self.quotes.pop(side, None)
+                continue
+            if order is None:
+                self.quotes[side] = ctx.buy(price, self.size) if side is Side.BUY else ctx.sell(price, self.size)
+            elif order.price is not None and abs(order.price - price) >= self.threshold:
+                self.quotes[side] = ctx.replace(order.ref, price, self.size)
+
+    def on_order(self, ctx: Context, order: object) -> None:
+        # forget quotes that are no longer live so the next book update replaces them
+        for side, ref in list(self.quotes.items()):
+            if getattr(order, "ref", None) == ref and not getattr(order, "is_open", True):
+                del self.quotes[side]
