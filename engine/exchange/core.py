@@ -43,7 +43,7 @@ from engine.errors import ConfigError, RemoteProtocolError
 from engine.exchange.book import Book, BookSide, Order
 from engine.exchange.rounding import PPM, make_below
 from engine.exchange.settings import ExchangeSettings, UserCredentials, resolve_credentials
-from engine.exchange.windows import Ticker, TrailingSum
+from engine.exchange.windows import PairVolume, Ticker
 from engine.limits import RATE_ERROR_MSG, Limit, Limiter, SlidingWindow, TokenBucket, make_limiter
 from engine.protocol import auth as _auth
 from engine.protocol.codec import BadCommand
@@ -191,7 +191,7 @@ class _Account:
         self.orders: dict[int, Order] = {}  # open orders in id order
         self.by_tonce: dict[int, Order] = {}
         self.tonce_hw = 0  # highest successful tonce since the last CancelAllOrders
-        self.volumes: dict[int, TrailingSum] = {}
+        self.volumes: dict[tuple[int, int], PairVolume] = {}  # by market
         self.listeners: dict[int, Session] = {}  # authenticated sessions that take notices
 
 
@@ -443,13 +443,22 @@ class Exchange:
         """The fee rate of ``acct`` in ``book`` by its 30-day volume in the base asset (the
         lowest tier applies below every tier's minimum)."""
         tiers = book.fee_tiers
-        vol = acct.volumes.get(book.base)
-        v = vol.value(self._now) if vol is not None else 0
+        v = self._asset_volume(acct, book.base)
         for min_vol, maker_ppm, taker_ppm in tiers:
             if v >= min_vol:
                 return maker_ppm if maker else taker_ppm
         _, maker_ppm, taker_ppm = tiers[-1]
         return maker_ppm if maker else taker_ppm
+
+    def _asset_volume(self, acct: _Account, asset: int) -> int:
+        """A user's 30-day volume in ``asset``: the sum over the markets that trade it."""
+        now = self._now
+        total = 0
+        for (base, counter), v in acct.volumes.items():
+            if asset == base or asset == counter:
+                v.expire(now)
+                total += v.base if asset == base else v.counter
+        return total
 
     # -- Authenticate
 
@@ -494,12 +503,11 @@ class Exchange:
 
     def _get_trade_volume(self, s: Session, cmd: GetTradeVolume, tag: Any) -> Reply:
         acct = self._account(s)
-        now = self._tick()
+        self._tick()
         self._rate(s, "info")
         if cmd.asset not in acct.avail:
             raise _Reject(8, Msg.INVALID_ASSET)
-        vol = acct.volumes.get(cmd.asset)
-        return GetTradeVolumeReply(tag=tag, volume=vol.value(now) if vol is not None else 0)
+        return GetTradeVolumeReply(tag=tag, volume=self._asset_volume(acct, cmd.asset))
 
     # -- EstimateMarketOrder
 
@@ -672,7 +680,7 @@ class Exchange:
         else:
             # Filled on arrival (quantity 0), or what is left cannot pay for one unit plus
             # its fee at the best price and would cross the book: close it either way.
-            self._release(order, acct)
+            self._release(order, acct, book)
 
     _dust_taker = False
 
@@ -854,8 +862,8 @@ class Exchange:
         seller.avail[counter] += t - fa
         if seller.listeners:
             self._notify_balance(seller, counter)
-        self._add_volume(buyer, base, x, counter, t, now)
-        self._add_volume(seller, base, x, counter, t, now)
+        self._add_volume(buyer, book, x, t, now)
+        self._add_volume(seller, book, x, t, now)
         # a resting order that is done leaves the book
         if bid is not None and bid.quantity == 0 and bid.id in self._orders:
             self._close_order(bid, buyer)
@@ -863,23 +871,18 @@ class Exchange:
             self._close_order(ask, seller)
         return t
 
-    def _add_volume(self, acct: _Account, base: int, x: int, counter: int, t: int, now: int) -> None:
+    def _add_volume(self, acct: _Account, book: Book, x: int, t: int, now: int) -> None:
         """Add one side of a trade to a user's 30-day volumes (TradeVolumeChanged if listened)."""
-        vols = acct.volumes
-        vb = vols.get(base)
-        if vb is None:
-            vb = vols[base] = TrailingSum()
-        vc = vols.get(counter)
-        if vc is None:
-            vc = vols[counter] = TrailingSum()
-        total_b = vb.add(now, x)
-        total_c = vc.add(now, t)
+        v = acct.volumes.get(book.codes)
+        if v is None:
+            v = acct.volumes[book.codes] = PairVolume()
+        v.add(now, x, t)
         if acct.listeners:
-            nb = TradeVolumeChanged(asset=base, volume=total_b)
+            nb = TradeVolumeChanged(asset=book.base, volume=self._asset_volume(acct, book.base))
             for sess in acct.listeners.values():
                 sess.deliver(nb)
             if t:
-                nc = TradeVolumeChanged(asset=counter, volume=total_c)
+                nc = TradeVolumeChanged(asset=book.counter, volume=self._asset_volume(acct, book.counter))
                 for sess in acct.listeners.values():
                     sess.deliver(nc)
 
@@ -888,36 +891,46 @@ class Exchange:
     def _close_order(self, order: Order, acct: _Account) -> None:
         """Take a resting order off the book and release what it still reserves."""
         book = self._books[(order.base, order.counter)]
-        book.side(order.is_bid).remove(order)
-        del self._orders[order.id]
-        del acct.orders[order.id]
-        if order.tonce is not None and acct.by_tonce.get(order.tonce) is order:
-            del acct.by_tonce[order.tonce]
+        (book.bids if order.is_bid else book.asks).remove(order)
+        oid = order.id
+        del self._orders[oid]
+        del acct.orders[oid]
+        tonce = order.tonce
+        if tonce is not None and acct.by_tonce.get(tonce) is order:
+            del acct.by_tonce[tonce]
         if not order.persist:
             s = self._sessions.get(order.session_id)
             if s is not None:
-                s.volatile.pop(order.id, None)
+                s.volatile.pop(oid, None)
         if book.ticker_watchers:
             self._touched.append(book.codes)
-        self._release(order, acct)
+        self._release(order, acct, book)
 
-    def _release(self, order: Order, acct: _Account) -> None:
+    def _release(self, order: Order, acct: _Account, book: Book | None = None) -> None:
         """OrderClosed, then return the order's reservation (BalanceChanged)."""
-        self._notify_closed(order)
+        if book is None:
+            book = self._books[(order.base, order.counter)]
+        if acct.listeners or book.order_watchers:
+            self._notify_closed(order)
         r = order.reserved
         if r:
             asset = order.counter if order.is_bid else order.base
             acct.reserved[asset] -= r
             acct.avail[asset] += r
             order.reserved = 0
-            self._notify_balance(acct, asset)
+            if acct.listeners:
+                self._notify_balance(acct, asset)
 
     # -- CancelOrder / CancelAllOrders
 
     def _cancel_order(self, s: Session, cmd: CancelOrder, tag: Any) -> Reply:
-        acct = self._account(s)
+        uid = s.user_id
+        if uid is None:
+            raise _Reject(7, Msg.NOT_AUTHENTICATED)
+        acct = self._accounts[uid]
         self._tick()
-        self._rate(s, "orders")
+        if self._limits:
+            self._rate(s, "orders")
         order: Order | None
         if cmd.id is not UNSET:
             order = acct.orders.get(cmd.id)
@@ -927,9 +940,10 @@ class Exchange:
             raise _Reject(8, Msg.CANCEL_NEEDS)
         if order is None:
             raise _Reject(1, Msg.ORDER_NOT_FOUND)
-        quantity = order.signed_quantity
+        quantity = order.quantity if order.is_bid else -order.quantity
         self._close_order(order, acct)
-        self._flush_tickers()
+        if self._touched:
+            self._flush_tickers()
         return CancelOrderReply(
             tag=tag, id=order.id, tonce=order.tonce, base=order.base, counter=order.counter,
             quantity=quantity, price=order.price, time=order.time,
@@ -1211,8 +1225,7 @@ class Exchange:
         return self._accounts[user_id].tonce_hw
 
     def trade_volume(self, user_id: int, asset: int) -> int:
-        v = self._accounts[user_id].volumes.get(asset)
-        return v.value(self._last_time) if v is not None else 0
+        return self._asset_volume(self._accounts[user_id], asset)
 
     def ticker(self, base: int, counter: int) -> dict[str, Any]:
         """The current ticker values of one market (as WatchTicker would reply)."""
@@ -1243,7 +1256,7 @@ class Exchange:
                     "avail": [[k, v] for k, v in a.avail.items()],
                     "reserved": [[k, v] for k, v in a.reserved.items()],
                     "tonce_hw": a.tonce_hw,
-                    "volumes": [[k, v.to_json()] for k, v in sorted(a.volumes.items())],
+                    "volumes": [[k[0], k[1], v.to_json()] for k, v in sorted(a.volumes.items())],
                 }
             )
         limiters = []
@@ -1297,7 +1310,7 @@ class Exchange:
             acct.avail = {k: v for k, v in a["avail"]}
             acct.reserved = {k: v for k, v in a["reserved"]}
             acct.tonce_hw = a["tonce_hw"]
-            acct.volumes = {k: TrailingSum.from_json(v) for k, v in a["volumes"]}
+            acct.volumes = {(b, c): PairVolume.from_json(v) for b, c, v in a["volumes"]}
         all_orders: list[Order] = []
         for b in snapshot["books"]:
             codes = (b["base"], b["counter"])

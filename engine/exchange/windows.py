@@ -17,48 +17,55 @@ VOLUME_WINDOW_US = 30 * DAY_US
 TICKER_WINDOW_US = DAY_US
 
 
-class TrailingSum:
-    """Sum of amounts over a trailing window of ``window_us`` microseconds."""
+class PairVolume:
+    """One user's trailing traded amounts in one market: base and counter side by side.
 
-    __slots__ = ("window_us", "buckets", "total")
+    A user's volume in an asset is the sum over the markets that trade it (see
+    ``Exchange._asset_volume``); keeping both amounts of a trade in one bucket makes a
+    trade one update per side instead of two.
+    """
+
+    __slots__ = ("window_us", "buckets", "base", "counter")
 
     def __init__(self, window_us: int = VOLUME_WINDOW_US) -> None:
         self.window_us = window_us
-        self.buckets: deque[list[int]] = deque()  # [bucket start, amount]
-        self.total = 0
+        self.buckets: deque[list[int]] = deque()  # [bucket start, base amount, counter amount]
+        self.base = 0
+        self.counter = 0
 
     def expire(self, now: int) -> None:
         buckets = self.buckets
         horizon = now - self.window_us
         while buckets and buckets[0][0] <= horizon:
-            self.total -= buckets.popleft()[1]
+            _, b, c = buckets.popleft()
+            self.base -= b
+            self.counter -= c
 
-    def add(self, now: int, amount: int) -> int:
-        """Add ``amount`` at time ``now`` and return the new trailing total."""
+    def add(self, now: int, base: int, counter: int) -> None:
+        """Add one side of a trade made at ``now``."""
         buckets = self.buckets
         if buckets and buckets[0][0] <= now - self.window_us:
             self.expire(now)
-        b = now - now % BUCKET_US
-        if buckets and buckets[-1][0] == b:
-            buckets[-1][1] += amount
+        start = now - now % BUCKET_US
+        if buckets and buckets[-1][0] == start:
+            last = buckets[-1]
+            last[1] += base
+            last[2] += counter
         else:
-            buckets.append([b, amount])
-        self.total += amount
-        return self.total
-
-    def value(self, now: int) -> int:
-        self.expire(now)
-        return self.total
+            buckets.append([start, base, counter])
+        self.base += base
+        self.counter += counter
 
     def to_json(self) -> list[list[int]]:
         return [list(b) for b in self.buckets]
 
     @classmethod
-    def from_json(cls, data: list[list[int]], window_us: int = VOLUME_WINDOW_US) -> TrailingSum:
+    def from_json(cls, data: list[list[int]], window_us: int = VOLUME_WINDOW_US) -> PairVolume:
         out = cls(window_us)
-        for start, amount in data:
-            out.buckets.append([start, amount])
-            out.total += amount
+        for start, b, c in data:
+            out.buckets.append([start, b, c])
+            out.base += b
+            out.counter += c
         return out
 
 
