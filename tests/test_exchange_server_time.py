@@ -179,3 +179,39 @@ async def test_p4_chaos_reorders_replies_never_notices(
     assert c.notices == _notice_dicts(engine_order)
     ex.check_invariants()
 
+
+
+async def test_housekeeping_pushes_ticker_changes_when_trades_leave_the_24h_window(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    ex = make_exchange()
+    server = ExchangeServer(ex, ticker_refresh=60.0)
+    nursery.start_soon(server.run_housekeeping)
+    a = await connect_memory(server, nursery)
+    await a.login(user_id=1)
+    b = await connect_memory(server, nursery)
+    await b.login(user_id=2)
+    assert (await a.request(limit_order(50_000, 2_000_000)))["error_code"] == 0
+    assert (await b.request(limit_order(-50_000, 2_000_000)))["error_code"] == 0  # trades
+    ticker = await b.request({"method": "WatchTicker", "base": BASE, "counter": COUNTER, "watch": True})
+    assert ticker["volume"] > 0 and ticker["low"] == ticker["high"] == 2_000_000
+    b.notices.clear()
+    t_trade = trio.current_time()
+
+    async def keep_alive(c: Any) -> None:  # pings: the 60 s idle timeout must not interfere
+        while True:
+            await trio.sleep(45)
+            await c.ws.ping()
+
+    nursery.start_soon(keep_alive, a)
+    nursery.start_soon(keep_alive, b)
+    with trio.fail_after(25 * 3600):
+        while True:
+            n = await b.recv()
+            if n.get("notice") == "TickerChanged":
+                break
+    # Nobody sent a command: the refresh carried it, within a refresh period plus the
+    # one-minute bucket after 24 hours.
+    assert n == {"notice": "TickerChanged", "base": BASE, "counter": COUNTER,
+                 "low": None, "high": None, "volume": 0}
+    assert 24 * 3600 <= trio.current_time() - t_trade <= 24 * 3600 + 60 + 60
