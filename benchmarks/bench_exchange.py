@@ -79,6 +79,13 @@ def _pairs(n: int, first_tonce: int, seed: int) -> list[str]:
     return out
 
 
+async def _text(ws: Any) -> str:
+    msg = await ws.get_message()
+    if not isinstance(msg, str):
+        raise AssertionError("the exchange sent a binary frame")
+    return msg
+
+
 async def _login(ws: Any, user_id: int) -> None:
     welcome = json.loads(await ws.get_message())
     client_nonce = new_nonce()
@@ -106,7 +113,7 @@ async def _pipelined(url: str, user_id: int, n_pairs: int, seed: int) -> dict[st
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send_all)
             while replies < len(texts):
-                msg = await ws.get_message()
+                msg = await _text(ws)
                 frames += 1
                 if '"error_code"' in msg:  # a reply (notices have no error_code)
                     replies += 1
@@ -130,7 +137,7 @@ async def _roundtrips(url: str, user_id: int, n_pairs: int, seed: int, first_ton
                 t1 = time.perf_counter()
                 await ws.send_message(texts[i + k])
                 while True:  # skip the notices; stop at the reply
-                    msg = await ws.get_message()
+                    msg = await _text(ws)
                     if '"error_code"' in msg:
                         break
                 if '"error_code":0' not in msg:
