@@ -46,6 +46,7 @@ from engine.exchange.settings import ExchangeSettings, UserCredentials, resolve_
 from engine.exchange.windows import PairVolume, Ticker
 from engine.limits import RATE_ERROR_MSG, Limit, Limiter, SlidingWindow, TokenBucket, make_limiter
 from engine.protocol import auth as _auth
+from engine.protocol.codec import CODEC as _CODEC
 from engine.protocol.codec import BadCommand
 from engine.protocol.messages import (
     Authenticate,
@@ -292,6 +293,11 @@ class Exchange:
         self._orders: dict[int, Order] = {}
         self._sessions: dict[int, Session] = {}
         self._touched: list[tuple[int, int]] = []
+        self._auth_rated = False
+        self.journal: Callable[[dict[str, Any]], None] | None = None
+        """Set to a callable to receive every state-changing input as a JSON-able event
+        (see engine/exchange/journal.py); replaying them onto the same starting snapshot
+        reproduces the state hash."""
 
         self._handlers: dict[type, Callable[[Session, Any, Any], Reply]] = {
             Authenticate: self._authenticate,
@@ -319,6 +325,8 @@ class Exchange:
         s = Session(self._next_session_id, deliver, nonce)
         self._next_session_id += 1
         self._sessions[s.id] = s
+        if self.journal is not None:
+            self.journal({"op": "open", "sid": s.id})
         return s
 
     def open_internal_session(
@@ -336,6 +344,8 @@ class Exchange:
         self._sessions[s.id] = s
         if s.listening:
             acct.listeners[s.id] = s
+        if self.journal is not None:
+            self.journal({"op": "internal", "sid": s.id, "uid": user_id})
         return s
 
     def close_session(self, session: Session) -> None:
@@ -343,6 +353,9 @@ class Exchange:
         if session.closed:
             return
         session.closed = True
+        now = self._tick()
+        if self.journal is not None:
+            self.journal({"op": "close", "sid": session.id, "t": now})
         self._sessions.pop(session.id, None)
         for codes in session.watching_orders:
             self._books[codes].order_watchers.pop(session.id, None)
@@ -354,7 +367,6 @@ class Exchange:
             acct = self._accounts[session.user_id]
             acct.listeners.pop(session.id, None)
             if session.volatile:
-                self._tick()
                 for order in sorted(session.volatile.values(), key=lambda o: o.id):
                     self._close_order(order, acct)
                 session.volatile.clear()
@@ -363,11 +375,12 @@ class Exchange:
     def cancel_orphaned_orders(self) -> int:
         """Cancel persist=false orders whose session is no longer open (after a restore,
         every connection is gone).  Returns how many were cancelled."""
+        now = self._tick()
+        if self.journal is not None:
+            self.journal({"op": "orphans", "t": now})
         orphans = [
             o for o in self._orders.values() if not o.persist and o.session_id not in self._sessions
         ]
-        if orphans:
-            self._tick()
         for o in sorted(orphans, key=lambda o: o.id):
             self._close_order(o, self._accounts[o.user_id])
         self._flush_tickers()
@@ -389,9 +402,22 @@ class Exchange:
         if handler is None:
             return ErrorReply(tag=tag, error_code=8, error_msg=Msg.UNKNOWN_METHOD)
         try:
-            return handler(session, cmd, tag)
+            reply = handler(session, cmd, tag)
         except _Reject as e:
-            return ErrorReply(tag=tag, error_code=e.code, error_msg=e.msg)
+            reply = ErrorReply(tag=tag, error_code=e.code, error_msg=e.msg)
+        if self.journal is not None:
+            self._journal_command(session, cmd)
+        return reply
+
+    def _journal_command(self, session: Session, cmd: Command) -> None:
+        assert self.journal is not None
+        if isinstance(cmd, Authenticate):
+            # Never the cookie or signature: only what the command did to the state.
+            self.journal({"op": "auth", "sid": session.id, "t": self._now, "uid": cmd.user_id,
+                          "rated": self._auth_rated, "ok": session.user_id == cmd.user_id})
+            self._auth_rated = False
+        else:
+            self.journal({"op": "cmd", "sid": session.id, "t": self._now, "cmd": _CODEC.encode(cmd).decode()})
 
     def reply_to_bad_command(self, session: Session, err: BadCommand) -> ErrorReply:
         """The error reply for a frame the codec refused (error 8 with its text)."""
@@ -471,6 +497,7 @@ class Exchange:
             raise _Reject(1, Msg.NO_SUCH_USER)
         self._tick()
         self._rate(s, "auth", uid)
+        self._auth_rated = True
         digest = hashlib.sha256(cmd.cookie.encode("utf-8", "surrogatepass")).digest()
         if not hmac.compare_digest(digest, login.cookie_digest):
             raise _Reject(7, Msg.BAD_COOKIE)
@@ -484,6 +511,19 @@ class Exchange:
         s.user_id = uid
         self._accounts[uid].listeners[s.id] = s
         return AuthenticateReply(tag=tag)
+
+    def _replay_auth(self, s: Session, uid: int, rated: bool, ok: bool) -> None:
+        """Journal replay of an Authenticate: re-apply its effects (auth-rate token, login)
+        without the secrets, which the journal never holds."""
+        self._tick()
+        if rated:
+            try:
+                self._rate(s, "auth", uid)
+            except _Reject:
+                raise ConfigError(f"journal replay: auth rate limit of user {uid} disagrees with the journal") from None
+        if ok:
+            s.user_id = uid
+            self._accounts[uid].listeners[s.id] = s
 
     # -- information requests
 
@@ -1047,7 +1087,9 @@ class Exchange:
     def refresh_tickers(self) -> None:
         """Push 24-hour window changes (old trades leaving it) to ticker watchers; the server
         may call this periodically, since time alone changes low/high/volume."""
-        self._tick()
+        now = self._tick()
+        if self.journal is not None:
+            self.journal({"op": "refresh", "t": now})
         self._touched.extend(self._books)
         self._flush_tickers()
 
@@ -1183,6 +1225,8 @@ class Exchange:
             raise ConfigError("deposit would make the asset's supply exceed a 64-bit integer")
         acct.avail[asset] += amount
         self._supply[asset] += amount
+        if self.journal is not None:
+            self.journal({"op": "deposit", "uid": user_id, "asset": asset, "amount": amount})
         self._notify_balance(acct, asset)
 
     @property
