@@ -288,3 +288,22 @@ def test_snapshot_restore_identical_hash_and_behaviour() -> None:
         r2 = ex2.handle(a2 if i % 2 else b2, cmd)
         assert r1 == r2
     assert ex2.state_hash() == h.ex.state_hash()
+
+
+def test_verify_each_command_catches_a_broken_invariant() -> None:
+    from engine.exchange.settings import PolicySettings
+
+    h = Harness(settings({1: {"GBP": "1000"}}, policy=PolicySettings(verify_each_command=True)))
+    s = h.session(1)
+    h.place(s, 1_000_000, 100_000)
+    h.ex._accounts[1].avail[GBP_C] += 1  # money from nowhere
+    with pytest.raises(AssertionError, match="conservation broken"):
+        h.ex.handle(s, GetOrders())
+
+
+def test_core_bench_checks_itself() -> None:
+    from benchmarks.bench_exchange_core import run_core_bench
+
+    r = run_core_bench(3000, seed=2)
+    assert r["invariants"] == "ok" and r["deterministic"] is True
+    assert r["ops"] == 3000 and r["ops_per_s"] > 0 and r["resting_bids"] > 0 and r["fees_gbp"] > 0

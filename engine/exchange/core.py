@@ -239,6 +239,7 @@ class Exchange:
         self._depth = settings.watch_depth
         self._self_trade_cancel = settings.policy.self_trade == "cancel_resting"
         self._open_first = settings.policy.open_notice_before_match
+        self._verify = settings.policy.verify_each_command
 
         self._books: dict[tuple[int, int], Book] = {}
         self._ticker_sent: dict[tuple[int, int], tuple[Any, ...]] = {}
@@ -407,6 +408,8 @@ class Exchange:
             reply = ErrorReply(tag=tag, error_code=e.code, error_msg=e.msg)
         if self.journal is not None:
             self._journal_command(session, cmd)
+        if self._verify:
+            self.check_invariants()
         return reply
 
     def _journal_command(self, session: Session, cmd: Command) -> None:

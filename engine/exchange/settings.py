@@ -189,10 +189,14 @@ class PolicySettings(_Settings, frozen=True, forbid_unknown_fields=True, kw_only
     ``open_notice_before_match``: False (default) sends OrderOpened only for the part of a
     crossing limit order that comes to rest, after its matches; True sends OrderOpened for
     the whole order first, then the matches.
+    ``verify_each_command``: debug mode (below).
     """
 
     self_trade: Literal["allow", "cancel_resting"] = "allow"
     open_notice_before_match: bool = False
+    verify_each_command: bool = False
+    """Debug mode: run every invariant check (conservation, reservations, book) after each
+    command and raise AssertionError at the first broken one.  Costs O(book) per command."""
 
 
 def _default_markets() -> list[MarketSettings]:
