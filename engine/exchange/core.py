@@ -295,6 +295,7 @@ class Exchange:
         self._sessions: dict[int, Session] = {}
         self._touched: list[tuple[int, int]] = []
         self._auth_rated = False
+        self._dust_taker = False  # set by _match: a taker bid that cannot pay for one unit
         self.journal: Callable[[dict[str, Any]], None] | None = None
         """Set to a callable to receive every state-changing input as a JSON-able event
         (see engine/exchange/journal.py); replaying them onto the same starting snapshot
@@ -561,23 +562,32 @@ class Exchange:
         if cmd.quantity is not UNSET:
             if cmd.quantity == 0:
                 raise _Reject(8, Msg.QUANTITY_ZERO)
-            q, t = self.estimate(book, cmd.quantity > 0, quantity=abs(cmd.quantity))
+            q, t = self._estimate_in(book, cmd.quantity > 0, quantity=abs(cmd.quantity))
         elif cmd.total is not UNSET:
             if cmd.total == 0:
                 raise _Reject(8, Msg.TOTAL_ZERO)
-            q, t = self.estimate(book, cmd.total > 0, total=abs(cmd.total))
+            q, t = self._estimate_in(book, cmd.total > 0, total=abs(cmd.total))
         else:  # the codec refuses this already; a hand-built command may not
             raise _Reject(8, Msg.MARKET_NEEDS)
         return EstimateMarketOrderReply(tag=tag, quantity=q, total=t)
 
     def estimate(
+        self, base: int, counter: int, *, quantity: int | None = None, total: int | None = None
+    ) -> tuple[int, int]:
+        """(quantity, total), both positive, that a market order would trade now, with the
+        wire's signs (quantity or total > 0 buys).  Fees and balances are ignored."""
+        book = self._books[(base, counter)]
+        if quantity is not None:
+            return self._estimate_in(book, quantity > 0, quantity=abs(quantity))
+        if total is None:
+            raise ValueError("estimate needs quantity or total")
+        return self._estimate_in(book, total > 0, total=abs(total))
+
+    def _estimate_in(
         self, book: Book, buy: bool, *, quantity: int | None = None, total: int | None = None
     ) -> tuple[int, int]:
-        """(quantity, total) a market order would trade now, fees and balances ignored.
-
-        Exact arithmetic; the total is the exact sum rounded half up (no rng is used, so an
-        estimate never changes the engine's random stream).
-        """
+        """Exact arithmetic; the total is the exact sum rounded half up (no rng is used, so
+        an estimate never changes the engine's random stream)."""
         side = book.asks if buy else book.bids
         mul, den = book.mul, book.den
         traded = 0
@@ -724,8 +734,6 @@ class Exchange:
             # Filled on arrival (quantity 0), or what is left cannot pay for one unit plus
             # its fee at the best price and would cross the book: close it either way.
             self._release(order, acct, book)
-
-    _dust_taker = False
 
     def _match(
         self,
