@@ -307,3 +307,14 @@ def test_core_bench_checks_itself() -> None:
     r = run_core_bench(3000, seed=2)
     assert r["invariants"] == "ok" and r["deterministic"] is True
     assert r["ops"] == 3000 and r["ops_per_s"] > 0 and r["resting_bids"] > 0 and r["fees_gbp"] > 0
+
+
+def test_restore_refuses_a_snapshot_of_other_users_or_scales() -> None:
+    from engine.errors import ConfigError
+
+    h = Harness(settings({1: {"GBP": "10"}, 2: {"GBP": "10"}}))
+    snap = h.ex.snapshot()
+    with pytest.raises(ConfigError, match=r"only in snapshot \[2\], only in settings \[3\]"):
+        Exchange.restore(settings({1: {"GBP": "10"}, 3: {"GBP": "10"}}), snap, clock_us=h.clock, rng=random.Random())
+    with pytest.raises(ConfigError, match="api_version 2"):
+        Exchange.restore(settings({1: {"GBP": "10"}, 2: {"GBP": "10"}}, api_version=1), snap, clock_us=h.clock, rng=random.Random())

@@ -1349,6 +1349,14 @@ class Exchange:
             raise ConfigError(
                 f"snapshot was taken with api_version {snapshot['api_version']}, settings say {settings.api_version}"
             )
+        snap_users = {a["user_id"] for a in snapshot["accounts"]}
+        want_users = {u.user_id for u in settings.users}
+        if snap_users != want_users:
+            raise ConfigError(
+                "snapshot users differ from settings.users: "
+                f"only in snapshot {sorted(snap_users - want_users)}, only in settings {sorted(want_users - snap_users)} "
+                "(balances would no longer add up)"
+            )
         ex = cls(settings, clock_us=clock_us, rng=rng, credentials=credentials, environ=environ)
         version, internal, gauss = snapshot["rng"]
         rng.setstate((version, tuple(internal), gauss))
