@@ -311,3 +311,25 @@ async def test_no_secrets_in_logs(nursery: trio.Nursery, caplog: pytest.LogCaptu
         await c.request(authenticate_frame(c.nonce, cookie="HGREqcILTz8blHa/jsUTVTNBJlg="))
     text = caplog.text
     assert "HGREqcILTz8blHa" not in text and "opensesame" not in text
+
+
+async def test_shutdown_closes_clients_with_1001_and_cancels_their_volatile_orders(nursery: trio.Nursery) -> None:
+    ex, server = await _serve(nursery)
+    async with open_websocket_url(server.url) as ws:
+        c = RawClient(ws)
+        await c.login()
+        volatile = await c.request(limit_order(10_000, 2_000_000, persist=False))
+        durable = await c.request(limit_order(10_000, 1_900_000))
+        with trio.fail_after(10):
+            await server.shutdown()
+        assert server.statistics().open_connections == 0
+        with pytest.raises(ConnectionClosed) as e:
+            while True:
+                await ws.get_message()
+        assert e.value.reason.code == 1001
+    assert [o.id for o in ex.open_orders(1)] == [durable["id"]] and volatile["id"] != durable["id"]
+    # New connections are refused while shutting down.
+    with pytest.raises(ConnectionRejected) as rej:
+        async with open_websocket_url(server.url):
+            pass  # pragma: no cover
+    assert rej.value.status_code == 503

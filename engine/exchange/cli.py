@@ -168,6 +168,8 @@ async def _serve(config: ExchangeConfig, settings: ExchangeSettings, participant
             async for signum in signals:
                 log.info("%s received: shutting down", signal.Signals(signum).name)
                 break
+        with trio.move_on_after(server.options.close_timeout + 1):
+            await server.shutdown()  # 1001 to every client; their persist:false orders cancelled
         nursery.cancel_scope.cancel()
     # Every connection task has closed its session by now (persist:false orders cancelled).
     if args.state:

@@ -304,6 +304,8 @@ class ExchangeServer:
         self._per_ip: dict[str, int] = {}
         self._ids = itertools.count(1)
         self._notice_text = _NoticeText()
+        self._shutting_down = False
+        self._idle_lot = trio.lowlevel.ParkingLot()  # woken whenever a connection ends
         seed = self.options.nonce_seed
         self._nonce_rng = random.Random(seed) if seed is not None else None
 
@@ -337,6 +339,9 @@ class ExchangeServer:
     async def handle_stream(self, stream: trio.abc.Stream, peer: str = "memory") -> None:
         """Run one connection on ``stream`` from handshake to close; always closes ``stream``."""
         opts = self.options
+        if self._shutting_down:
+            await self._refuse(stream)
+            return
         if len(self._open) >= opts.max_connections or self._per_ip.get(peer, 0) >= opts.max_connections_per_ip:
             self._c.refused_limit += 1
             log.warning("refusing connection from %s: connection limit reached", peer)
@@ -368,6 +373,7 @@ class ExchangeServer:
                         await conn.run()
                     finally:
                         self._open.discard(conn)
+                        self._idle_lot.unpark_all()
                 nursery.cancel_scope.cancel()
         finally:
             left = self._per_ip[peer] - 1
@@ -376,6 +382,20 @@ class ExchangeServer:
             else:
                 del self._per_ip[peer]
             await trio.aclose_forcefully(stream)
+
+    async def shutdown(self) -> None:
+        """Close every connection with 1001 "server shutting down" and refuse new ones.
+
+        Each connection's session is closed (its ``persist: false`` orders cancelled) and
+        its close handshake gets up to ``close_timeout``, all in parallel; this returns when
+        all are gone.  Call it before cancelling the server's nursery, so clients see a
+        clean close instead of a dropped TCP connection.
+        """
+        self._shutting_down = True
+        for conn in list(self._open):
+            conn.close(CLOSE_GOING_AWAY, "server shutting down")
+        while self._open:
+            await self._idle_lot.park()
 
     async def run_housekeeping(self) -> None:
         """Periodic engine chores until cancelled (``serve_exchange`` runs it): refresh the
