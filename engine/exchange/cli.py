@@ -27,7 +27,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -42,6 +42,9 @@ from engine.exchange.participants import (
 from engine.exchange.persistence import encode_snapshot, load_exchange, write_atomic
 from engine.exchange.server import ExchangeServer, serve_exchange, wall_clock_us
 from engine.exchange.settings import ExchangeSettings
+
+if TYPE_CHECKING:
+    from engine.exchange.core import Exchange
 
 log = logging.getLogger("engine.exchange")
 
@@ -111,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state", metavar="FILE", help="snapshot file: restored at start if present, written at exit")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow binding a non-loopback address (the demo credentials become reachable)")
-    p.add_argument("--no-participants", action="store_true", help="do not run the simulated market")
+    p.add_argument("--no-participants", action="store_true",
+                   help="do not run the simulated market (its accounts and resting orders stay)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -129,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         participants = config.participants.enabled and not args.no_participants
-        settings = config.exchange_settings(participants=participants)
+        # The participants' accounts exist even with --no-participants (they just do not
+        # trade), so a --state file stays restorable whichever way the exchange is started.
+        settings = config.exchange_settings()
         return trio.run(_serve, config, settings, participants, args)
     except CoinfloorError as e:
         print(f"cftrade exchange: {e}", file=sys.stderr)
@@ -178,10 +184,10 @@ async def _serve(config: ExchangeConfig, settings: ExchangeSettings, participant
     return 0
 
 
-async def _snapshot_every(exchange: object, path: str, seconds: float) -> None:
+async def _snapshot_every(exchange: Exchange, path: str, seconds: float) -> None:
     while True:
         await trio.sleep(seconds)
-        data = encode_snapshot(exchange)  # type: ignore[arg-type]  # on the loop: a consistent state
+        data = encode_snapshot(exchange)  # on the loop thread: a consistent state
         await trio.to_thread.run_sync(write_atomic, path, data)
 
 
