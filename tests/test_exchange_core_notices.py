@@ -239,9 +239,12 @@ def _run_workload(seed: int, n_cmds: int, policy: PolicySettings) -> Counter[str
                 assert plain == stream, "two sessions of the owner saw different own streams"
             for n in stream:
                 views[uu].on(n)
+            own_ids = {i for n in stream for i in _ids(n)}
             for n in other:
                 if not _is_own(n):
+                    # another user's order: the owner never also gets a public copy of its own
                     assert isinstance(n, (OrderOpened, OrderClosed, OrdersMatched))
+                    assert not own_ids & set(_ids(n)), f"public copy of an own-order notice {n}"
             views[uu].quiescent(h.ex.balances(uu))
         for n in h.notices(anon):
             assert not _is_own(n)
@@ -251,6 +254,21 @@ def _run_workload(seed: int, n_cmds: int, policy: PolicySettings) -> Counter[str
     errors = [e for v in views.values() for e in v.errors] + book_view.errors
     assert errors == [], errors[:5]
     return kinds
+
+
+def _ids(n: Notice) -> list[int]:
+    """Ids of the orders a notice is about (own side only for an own OrdersMatched)."""
+    if isinstance(n, (OrderOpened, OrderClosed)):
+        return [n.id]
+    if isinstance(n, OrdersMatched):
+        own = n.bid_tonce is not UNSET or n.ask_tonce is not UNSET
+        out = []
+        if n.bid is not UNSET and (not own or n.bid_tonce is not UNSET):
+            out.append(n.bid)
+        if n.ask is not UNSET and (not own or n.ask_tonce is not UNSET):
+            out.append(n.ask)
+        return out
+    return []
 
 
 def _is_own(n: Notice) -> bool:
@@ -270,6 +288,26 @@ def test_p7_notice_ordering_per_recipient(seed: int) -> None:
 def test_p7_ordering_with_open_first_and_self_trade_cancel() -> None:
     kinds = _run_workload(11, 4000, PolicySettings(open_notice_before_match=True, self_trade="cancel_resting"))
     assert min(kinds["OrdersMatched"], kinds["OrderOpened"], kinds["OrderClosed"]) > 500, kinds
+
+
+def test_market_order_side_keys_absent_and_owner_fields() -> None:
+    h = Harness(settings({1: {"GBP": "100000"}, 2: {"XBT": "10"}}))
+    b, s, w = h.session(1), h.session(2), h.session()
+    h.ex.handle(w, WatchOrders(watch=True, **BOOK))
+    ask = h.place(s, -10_000_000, 1_000_000, tonce=4)
+    h.notices(b), h.notices(s), h.notices(w)
+    h.place(b, 3_000_000, tonce=9)  # market buy
+    mine = [n for n in h.notices(b) if isinstance(n, OrdersMatched)]
+    theirs = [n for n in h.notices(s) if isinstance(n, OrdersMatched)]
+    public = [n for n in h.notices(w) if isinstance(n, OrdersMatched)]
+    assert len(mine) == len(theirs) == len(public) == 1
+    m, t, p = mine[0], theirs[0], public[0]
+    assert (m.bid, m.bid_rem, m.bid_tonce, m.ask, m.ask_rem) == (UNSET, UNSET, 9, ask.id, 7_000_000)  # type: ignore[attr-defined]
+    assert m.bid_counter_fee == 9 and m.bid_base_fee == 0 and m.ask_tonce is UNSET and m.ask_counter_fee is UNSET
+    assert (t.bid, t.bid_tonce, t.ask_tonce, t.ask_counter_fee) == (UNSET, UNSET, 4, 9)
+    assert (p.bid, p.bid_tonce, p.ask_tonce, p.bid_counter_fee, p.ask_counter_fee) == (UNSET,) * 5
+    assert p.ask == ask.id and p.ask_rem == 7_000_000 and p.total == 30_000  # type: ignore[attr-defined]
+    assert not [n for n in h.notices(w) if isinstance(n, (OrderOpened, OrderClosed))]
 
 
 # ---------------------------------------------------------------------------------------
