@@ -333,3 +333,30 @@ async def test_shutdown_closes_clients_with_1001_and_cancels_their_volatile_orde
         async with open_websocket_url(server.url):
             pass  # pragma: no cover
     assert rej.value.status_code == 503
+
+
+async def test_a_core_exception_closes_only_that_connection_with_1011(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ex, server = await _serve(nursery)
+    real_handle = ex.handle
+
+    def broken(session, cmd):  # type: ignore[no-untyped-def]
+        if type(cmd).__name__ == "GetOrders":
+            raise RuntimeError("simulated core bug")
+        return real_handle(session, cmd)
+
+    monkeypatch.setattr(ex, "handle", broken)
+    async with open_websocket_url(server.url) as ws, open_websocket_url(server.url) as other:
+        c = RawClient(ws)
+        await c.login()
+        await c.send({"method": "GetOrders", "tag": 1})
+        with pytest.raises(ConnectionClosed) as e:
+            while True:
+                await ws.get_message()
+        assert e.value.reason.code == 1011
+        o = RawClient(other)
+        await o.login()
+        assert (await o.request({"method": "GetBalances"}))["error_code"] == 0
+    assert server.statistics().internal_errors == 1
+    assert "exchange core raised on GetOrders" in caplog.text
