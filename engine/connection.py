@@ -110,6 +110,7 @@ from engine.secret import Secret
 __all__ = [
     "DEFAULT_URL",
     "Connection",
+    "ReplyWaiter",
     "ConnectionOptions",
     "ConnectionStatistics",
     "Credentials",
@@ -349,6 +350,37 @@ def _describe_close(reason: trio_websocket.CloseReason | None) -> str:
 # -- the connection ----------------------------------------------------------------------
 
 
+class ReplyWaiter:
+    """The reply of one sent command (:meth:`Connection.send`); ``await wait()`` for it."""
+
+    __slots__ = ("_conn", "_tag", "_pending")
+
+    def __init__(self, conn: Connection, tag: int, pending: _Pending) -> None:
+        self._conn = conn
+        self._tag = tag
+        self._pending = pending
+
+    @property
+    def tag(self) -> int:
+        return self._tag
+
+    async def wait(self) -> Reply:
+        """The reply; raises like :meth:`Connection.request`."""
+        pending = self._pending
+        try:
+            await pending.done.wait()
+        finally:
+            if not pending.done.is_set():
+                self._conn._abandon(self._tag, pending)
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        assert reply is not None
+        if isinstance(reply, ErrorReply):
+            raise ExchangeError.from_reply(reply.error_code, reply.error_msg)
+        return reply
+
+
 class Connection:
     """An open session; made by :func:`open_connection`, not directly."""
 
@@ -416,6 +448,16 @@ class Connection:
         not at all: cancellation waits for a send in progress (bounded by ``send_timeout``),
         and a caller that gives up after sending leaves the outcome UNKNOWN.
         """
+        waiter = await self.send(command, echo=echo)
+        return await waiter.wait()
+
+    async def send(self, command: Command, *, echo: bool = False) -> ReplyWaiter:
+        """Send ``command`` now and return a :class:`ReplyWaiter` for its reply.
+
+        :meth:`request` is ``await (await send(cmd)).wait()``.  Splitting the two lets one task
+        keep the *wire order* of a pipeline (PlaceOrder tonces must arrive in increasing order,
+        a cancel after its place) while other tasks wait for the replies.
+        """
         if self._close_reason is None and self._governor is not None:
             metric = metric_for(command)
             if metric is not None:
@@ -436,27 +478,20 @@ class Connection:
                 self._declare_broken(
                     f"sending a frame stalled for {self._options.send_timeout:g} s (peer not reading)"
                 )
-            await pending.done.wait()
         except ConnectionClosed as e:
             if not pending.done.is_set():
                 self._pending.pop(tag, None)
                 pending.fail(self._lost(pending, _describe_close(e.reason)))
-        finally:
-            if not pending.done.is_set():
-                # The caller gave up (cancelled).  Keep a tombstone so a late reply is
-                # recognised as late (and still reaches the stream), not as unknown.
-                self._pending.pop(tag, None)
-                if self._close_reason is None:
-                    if len(self._abandoned) >= _MAX_ABANDONED:
-                        self._abandoned.pop(next(iter(self._abandoned)))
-                    self._abandoned[tag] = pending
-        if pending.error is not None:
-            raise pending.error
-        reply = pending.reply
-        assert reply is not None
-        if isinstance(reply, ErrorReply):
-            raise ExchangeError.from_reply(reply.error_code, reply.error_msg)
-        return reply
+        return ReplyWaiter(self, tag, pending)
+
+    def _abandon(self, tag: int, pending: _Pending) -> None:
+        # The caller gave up (cancelled).  Keep a tombstone so a late reply is
+        # recognised as late (and still reaches the stream), not as unknown.
+        self._pending.pop(tag, None)
+        if self._close_reason is None:
+            if len(self._abandoned) >= _MAX_ABANDONED:
+                self._abandoned.pop(next(iter(self._abandoned)))
+            self._abandoned[tag] = pending
 
     async def wait_closed(self) -> str:
         """Wait until the connection is dead; return why."""

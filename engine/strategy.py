@@ -13,7 +13,7 @@ passes the risk governor before anything reaches the wire; a denial comes back t
             spread_ticks: int = 10
 
         def on_book(self, ctx: Context) -> None:
-            bid, ask = ctx.book.best_bid(), ctx.book.best_ask()
+            bid, ask = ctx.book.best_bid, ctx.book.best_ask
             if bid is None or ask is None or ctx.open_orders():
                 return
             ctx.buy(bid - self.p.spread_ticks, ctx.amount(self.p.size))
@@ -175,11 +175,11 @@ class OrderView(Protocol):
 
 
 class BookView(Protocol):
-    """What a strategy may read of the order book (implemented by engine.state.book.Book)."""
+    """What a strategy may read of the order book (engine.state.book.Book has much more:
+    ``levels``, ``estimate``, ``queue_ahead``...).  Best prices are plain attributes."""
 
-    def best_bid(self) -> int | None: ...
-
-    def best_ask(self) -> int | None: ...
+    best_bid: int | None
+    best_ask: int | None
 
 
 class Context(Protocol):

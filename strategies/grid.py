@@ -38,7 +38,7 @@ class Grid(Strategy):
     def on_book(self, ctx: Context) -> None:
         if self.placed:
             return
-        bid, ask = ctx.book.best_bid(), ctx.book.best_ask()
+        bid, ask = ctx.book.best_bid, ctx.book.best_ask
         if bid is None or ask is None:
             return
         p = self.p

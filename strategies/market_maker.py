@@ -43,6 +43,9 @@ class MarketMaker(Strategy):
         """Absolute position at which the side that would grow it stops quoting."""
         requote_threshold: Price = "0.50"
         """Requote only when the wanted price moved at least this much (bounds the order rate)."""
+        min_requote_seconds: float = 3.0
+        """At most one requote per side this often: LIMITS.md allows ~1 order command a
+        second per user, and a requote costs two (cancel + place)."""
 
     def on_start(self, ctx: Context) -> None:
         p = self.p
@@ -55,6 +58,8 @@ class MarketMaker(Strategy):
         self.mids: deque[int] = deque(maxlen=max(p.vol_window, 2))
         self.vol_mult = p.vol_mult_pct
         self.quotes: dict[Side, int] = {}  # side -> ref of the live quote
+        self.min_gap_us = int(p.min_requote_seconds * 1_000_000)
+        self.last_requote: dict[Side, int] = {}
 
     def sigma(self) -> int:
         """Standard deviation of mid changes in price units (integer, floor)."""
@@ -79,7 +84,7 @@ class MarketMaker(Strategy):
         return out
 
     def on_book(self, ctx: Context) -> None:
-        bid, ask = ctx.book.best_bid(), ctx.book.best_ask()
+        bid, ask = ctx.book.best_bid, ctx.book.best_ask
         if bid is None or ask is None:
             return
         mid = (bid + ask) // 2
@@ -92,6 +97,10 @@ class MarketMaker(Strategy):
         for side in (Side.BUY, Side.SELL):
             ref = self.quotes.get(side)
             order = live.get(ref) if ref is not None else None
+            if ref is not None and order is None:
+                del self.quotes[side]  # filled or cancelled: quote afresh
+            if order is not None and not _working(order):
+                continue  # not acknowledged yet (or a cancel is in flight): wait for it
             price = want.get(side)
             if price is not None:
                 # never cross the touch: a maker quote stays on its own side of the book
@@ -99,15 +108,26 @@ class MarketMaker(Strategy):
             if price is None or price <= 0:
                 if order is not None:
                     ctx.cancel(order.ref)
-                    self.quotes.pop(side, None)
                 continue
+            new_ref = 0
             if order is None:
-                self.quotes[side] = ctx.buy(price, self.size) if side is Side.BUY else ctx.sell(price, self.size)
+                new_ref = ctx.buy(price, self.size) if side is Side.BUY else ctx.sell(price, self.size)
             elif order.price is not None and abs(order.price - price) >= self.threshold:
-                self.quotes[side] = ctx.replace(order.ref, price, self.size)
+                if ctx.now_us - self.last_requote.get(side, -self.min_gap_us) < self.min_gap_us:
+                    continue
+                self.last_requote[side] = ctx.now_us
+                new_ref = ctx.replace(order.ref, price, self.size)
+            if new_ref:  # 0: the risk governor said no (on_risk_denied tells why)
+                self.quotes[side] = new_ref
 
     def on_order(self, ctx: Context, order: object) -> None:
         # forget quotes that are no longer live so the next book update replaces them
         for side, ref in list(self.quotes.items()):
             if getattr(order, "ref", None) == ref and not getattr(order, "is_open", True):
                 del self.quotes[side]
+
+
+def _working(order: object) -> bool:
+    """Acknowledged and resting (not pending, not being cancelled)."""
+    state = getattr(order, "state", None)
+    return getattr(state, "name", "OPEN") in ("OPEN", "PARTIALLY_FILLED")

@@ -50,7 +50,7 @@ class MeanReversion(Strategy):
     def on_book(self, ctx: Context) -> None:
         p = self.p
         assert isinstance(p, MeanReversion.Config)
-        bid, ask = ctx.book.best_bid(), ctx.book.best_ask()
+        bid, ask = ctx.book.best_bid, ctx.book.best_ask
         if bid is None or ask is None:
             return
         mid_fp = (bid + ask) * EMA_SCALE // 2

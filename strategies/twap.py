@@ -85,7 +85,7 @@ class Twap(Strategy):
         return any(o.is_open and o.price is None for o in ctx.open_orders())
 
     def work_tip(self, ctx: Context, left: int) -> None:
-        touch = ctx.book.best_bid() if self.side is Side.BUY else ctx.book.best_ask()
+        touch = ctx.book.best_bid if self.side is Side.BUY else ctx.book.best_ask
         if touch is None:
             return
         live = {o.ref: o for o in ctx.open_orders() if o.is_open}

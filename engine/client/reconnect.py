@@ -55,6 +55,7 @@ from engine.connection import (
     ConnectionStatistics,
     Credentials,
     Dial,
+    ReplyWaiter,
     _open,
     _Shared,
     _statistics,
@@ -181,6 +182,11 @@ class ReconnectingClient:
         """
         conn = await self.wait_connected()
         return await conn.request(command, echo=echo)
+
+    async def send(self, command: Command, *, echo: bool = False) -> ReplyWaiter:
+        """:meth:`Connection.send` on the next ready connection (keeps wire order)."""
+        conn = await self.wait_connected()
+        return await conn.send(command, echo=echo)
 
     async def watch_orders(self, base: int, counter: int) -> WatchOrdersReply:
         """Subscribe to an L3 book, now and after every reconnect (snapshot echoed)."""

@@ -1,0 +1,545 @@
+"""The live runner: one trio nursery for the connection, market data, the governor and strategies.
+
+::
+
+    result = await Runner(config, RunOptions(duration=60)).run()
+
+Tasks in the nursery (all driving one :class:`~engine.runtime.TradingCore`, which is plain
+synchronous code, so no two tasks ever interleave inside a state change):
+
+* the **exchange** (``exchange: embedded``): the local Coinfloor-protocol exchange and its
+  simulated participants, served on a loopback port; we trade with it over real WebSocket;
+* the **connection**: a :class:`~engine.client.reconnect.ReconnectingClient` that
+  reconnects with backoff, re-authenticates and re-subscribes; on every (re)connect the
+  ``reconcile`` callback runs GetBalances and GetOrders *before* anything else is sent;
+* the **event loop**: the ordered notice stream -> TradingCore (book, orders, balances,
+  positions, strategy hooks, risk) -> commands in ``core.outbox`` -> one sender task per
+  command (pipelined through the rate-limit governor);
+* **timers** per strategy, the periodic **audit** (GetOrders), the risk poll (kill file),
+  the **status** display, and a loop-stall **watchdog** thread (RELIABILITY F9).
+
+Start-up barrier (F5): no strategy hook runs until the first reconciliation has passed and
+every market's book snapshot is loaded.  A strategy's exception halts that strategy only
+(F14).  SIGINT/SIGTERM (F15): strategies stop, every own open order is cancelled one by one
+(never the user-wide CancelAllOrders, which would reset the tonce counter of other processes),
+confirmations are awaited up to a deadline, and the run ends with exit status 0.
+
+Lost replies (F1): a PlaceOrder whose reply is lost leaves the order UNKNOWN; it is never
+resent blindly.  The reconciliation after the reconnect settles it (open on the exchange ->
+OPEN, absent -> settled), so a lost reply can never create a duplicate order.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import random
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from engine.client.notices import FeedGap, ReplyEvent, SessionEnded, SessionStarted
+from engine.client.reconnect import ReconnectingClient
+from engine.config import RunConfig
+from engine.connection import Connection, Credentials, ReplyWaiter
+from engine.errors import ConnectionLost, ExchangeError
+from engine.governor import Governor
+from engine.protocol.messages import (
+    CancelOrderReply,
+    ErrorReply,
+    GetBalances,
+    GetBalancesReply,
+    GetOrders,
+    GetOrdersReply,
+    PlaceOrderReply,
+    WatchOrders,
+    WatchOrdersReply,
+)
+from engine.risk import RiskGovernor
+from engine.runtime import Outgoing, TradingCore
+from engine.scale import Market, market_by_codes
+from engine.secret import Secret
+from engine.state.tonces import TonceAllocator
+
+log = logging.getLogger("engine.runner")
+
+DEMO_USER_ID = 1
+DEMO_COOKIE = "HGREqcILTz8blHa/jsUTVTNBJlg="  # AUTH.md's public example: demo account only
+DEMO_PASSPHRASE = "opensesame"  # noqa: S105 - AUTH.md's public example, local exchange only
+DEFAULT_EXCHANGE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "exchange.yaml"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    duration: float | None = None
+    """Seconds to trade; None runs until a signal (or the config's run.duration)."""
+    live: bool = False
+    """--live: required (with the config's ``live: true``) for a non-local endpoint (X11)."""
+    status: bool = True
+    """Show the live terminal status (on stderr)."""
+    status_interval: float = 1.0
+    summary_path: Path | None = None
+    shutdown_deadline: float = 5.0
+    request_timeout: float = 10.0
+    audit_interval: float = 30.0
+    watchdog_seconds: float = 10.0
+    """A trio loop stalled this long is a crash (F9); 0 disables the watchdog."""
+    handle_signals: bool = True
+
+
+@dataclass(slots=True)
+class RunResult:
+    """What a run did; ``summary`` is also written as JSON."""
+
+    exit_code: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Runner:
+    """Runs the strategies of one :class:`RunConfig` (see the module docstring)."""
+
+    def __init__(self, config: RunConfig, options: RunOptions | None = None) -> None:
+        self.config = config
+        self.options = options or RunOptions()
+        self.core: TradingCore | None = None
+        self.client: ReconnectingClient | None = None
+        self.exchange: Any = None
+        self.url: str | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stop = trio.Event()
+        self._started = trio.Event()
+        self._reconciled = trio.Event()
+        self._books_ready = trio.Event()
+        self._out_send, self._out_recv = trio.open_memory_channel[Outgoing](float("inf"))
+        self._epoch_us = 0
+        self._t0 = 0.0
+        self._heartbeat = time.monotonic()
+        self.errors: list[str] = []
+        self.sent = {"place": 0, "cancel": 0}
+        self.sessions = 0
+
+    # -- clocks ----------------------------------------------------------------------------
+
+    def clock_us(self) -> int:
+        """Exchange-style microseconds, derived from trio's clock (virtual in tests)."""
+        return self._epoch_us + int(trio.current_time() * 1_000_000)
+
+    # -- entry point -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED) -> RunResult:
+        cfg, opts = self.config, self.options
+        cfg.exchange.assert_live_allowed(opts.live)
+        self._epoch_us = time.time_ns() // 1000 - int(trio.current_time() * 1_000_000)
+        self._t0 = trio.current_time()
+        duration = opts.duration if opts.duration is not None else cfg.run.duration
+        self.core = self._build_core(Path(cfg.run.state_dir))
+        exit_code = 0
+        watchdog = _Watchdog(opts.watchdog_seconds, self) if opts.watchdog_seconds > 0 else None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if watchdog is not None:
+                    watchdog.start()
+                    nursery.start_soon(self._beat)
+                url, creds, insecure = await self._exchange(nursery)
+                self.url = url
+                self.client = ReconnectingClient(
+                    url, creds, governor=self._governor(), allow_insecure=insecure,
+                    on_connected=self._reconcile, rng=random.Random(cfg.run.seed),
+                )
+                await nursery.start(self.client.run)
+                nursery.start_soon(self._events)
+                nursery.start_soon(self._dispatch)
+                for m in self.core.books:
+                    await self.client.watch_orders(m.base.code, m.counter.code)
+                    await self.client.watch_ticker(m.base.code, m.counter.code)
+                await self._barrier()
+                self.core.start()
+                self._flush()
+                self._started.set()
+                task_status.started(self)
+                for name, slot in self.core.slots.items():
+                    interval = getattr(slot.strategy.p, "timer_interval", None)
+                    if interval:
+                        nursery.start_soon(self._timer, name, float(interval))
+                nursery.start_soon(self._audit)
+                nursery.start_soon(self._risk_poll)
+                if opts.status:
+                    nursery.start_soon(self._status)
+                if opts.handle_signals and threading.current_thread() is threading.main_thread():
+                    nursery.start_soon(self._signals)
+                with trio.move_on_after(duration if duration is not None else float("inf")):
+                    await self._stop.wait()
+                await self._shutdown()
+                nursery.cancel_scope.cancel()
+        except ExchangeError as e:
+            self.errors.append(f"exchange refused: {e}")
+            log.error("run failed: %s", e)
+            exit_code = 1
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+        result = RunResult(exit_code, self.summary())
+        if opts.summary_path is not None:
+            opts.summary_path.parent.mkdir(parents=True, exist_ok=True)
+            opts.summary_path.write_text(json.dumps(result.summary, indent=2) + "\n")
+        return result
+
+    def stop(self) -> None:
+        """Ask the run to shut down gracefully (same as SIGINT)."""
+        self._stop.set()
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def _build_core(self, state_dir: Path) -> TradingCore:
+        cfg = self.config
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        risk = RiskGovernor(
+            cfg.user_risk(), state_path=state_dir / "risk.json", now=trio.current_time,
+            kill_file=state_dir / "KILL", scales=cfg.scales,
+        )
+        user = cfg.exchange.user_id if not cfg.exchange.embedded else DEMO_USER_ID
+        tonces = TonceAllocator(state_dir / f"tonces-{user}.json", clock=self.clock_us, user_id=user)
+        markets = list(cfg.market_infos) or [s.market_info for s in cfg.strategies]
+        core = TradingCore(markets=markets, risk=risk, tonces=tonces, clock=trio.current_time,
+                           clock_us=self.clock_us, scales=cfg.scales)
+        for spec in cfg.strategies:
+            cls = spec.strategy_class
+            core.add_strategy(spec.name, cls(spec.name, spec.params), spec.market_info, cfg.strategy_risk(spec.name))
+        return core
+
+    def _governor(self) -> Governor:
+        # Strategy intents are held to ``safety_factor`` x LIMITS.md by the risk governor;
+        # the transport governor enforces the exchange's exact numbers, so the gap between
+        # the two is a reserve that shutdown and kill-switch cancels can always use.
+        return Governor(safety_factor=1.0, algorithm=self.config.rate_limits.algorithm)
+
+    async def _exchange(self, nursery: trio.Nursery) -> tuple[str, Credentials, bool]:
+        ex = self.config.exchange
+        if not ex.embedded:
+            assert ex.url is not None and ex.cookie is not None and ex.passphrase is not None and ex.user_id
+            creds = Credentials(ex.user_id, ex.cookie.resolve(), ex.passphrase.resolve())
+            return ex.url, creds, ex.url.startswith("ws://")
+        from engine.exchange.cli import load_config
+        from engine.exchange.core import Exchange
+        from engine.exchange.participants import MarketSimulator, run_participants
+        from engine.exchange.server import serve_exchange
+
+        xcfg = load_config(ex.config or DEFAULT_EXCHANGE_CONFIG)
+        settings = xcfg.exchange_settings(participants=xcfg.participants.enabled)
+        seed = self.config.run.seed
+        self.exchange = Exchange(settings, clock_us=self.clock_us, rng=random.Random(seed))
+        server = await nursery.start(functools.partial(serve_exchange, self.exchange, "127.0.0.1", 0,
+                                                       **xcfg.server.server_options()))
+        if xcfg.participants.enabled:
+            sim = MarketSimulator(self.exchange, xcfg.participants, start_us=self.clock_us())
+            await nursery.start(run_participants, sim, self.clock_us)
+        log.info("embedded exchange at %s", server.url)
+        creds = Credentials(DEMO_USER_ID, Secret(DEMO_COOKIE, "cookie"), Secret(DEMO_PASSPHRASE, "passphrase"))
+        return server.url, creds, True
+
+    async def _reconcile(self, conn: Connection) -> None:
+        """Runs on every (re)connect before any other request (F1, F5)."""
+        core = self.core
+        assert core is not None
+        self.sessions += 1
+        t = trio.current_time()
+        balances = await conn.request(GetBalances())
+        orders = await conn.request(GetOrders())
+        assert isinstance(balances, GetBalancesReply) and isinstance(orders, GetOrdersReply)
+        core.on_balances(balances)
+        report = core.on_open_orders(orders, requested_at=t)
+        if not report.clean:
+            log.info("reconciliation: %s", report)
+        self._flush()
+        self._reconciled.set()
+
+    async def _barrier(self) -> None:
+        core = self.core
+        assert core is not None
+        with trio.fail_after(30):
+            await self._reconciled.wait()
+            if not all(b.ready for b in core.books.values()):
+                await self._books_ready.wait()
+
+    # -- the event loop ----------------------------------------------------------------------
+
+    async def _events(self) -> None:
+        core, client = self.core, self.client
+        assert core is not None and client is not None
+        async for ev in client.notices:
+            t = type(ev)
+            if t is ReplyEvent:
+                assert isinstance(ev, ReplyEvent)
+                cmd, reply = ev.command, ev.reply
+                if isinstance(cmd, WatchOrders) and isinstance(reply, WatchOrdersReply) and cmd.watch:
+                    core.on_snapshot(market_by_codes(cmd.base, cmd.counter), reply)
+                    if all(b.ready for b in core.books.values()):
+                        self._books_ready.set()
+            elif t is SessionEnded:
+                for m in core.books:
+                    core.book_gap(m)
+            elif t is FeedGap:
+                assert isinstance(ev, FeedGap)
+                market = market_by_codes(ev.base, ev.counter)
+                core.book_gap(market)
+                self._nursery_start(self._resnapshot, market)
+            elif t is SessionStarted:
+                pass
+            else:
+                core.on_notice(ev)  # type: ignore[arg-type]
+            self._flush()
+
+    async def _resnapshot(self, market: Market) -> None:
+        assert self.client is not None
+        try:
+            await self.client.unwatch_orders(market.base.code, market.counter.code)
+            await self.client.watch_orders(market.base.code, market.counter.code)
+        except (ExchangeError, ConnectionLost) as e:
+            log.warning("re-snapshot of %s failed (%s); the reconnect will restore it", market.name, e)
+
+    def _nursery_start(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn, *args)
+
+    def _flush(self) -> None:
+        """Hand the core's new commands to the dispatcher, in the order they were made."""
+        core = self.core
+        assert core is not None
+        while core.outbox:
+            self._out_send.send_nowait(core.outbox.popleft())
+
+    async def _dispatch(self) -> None:
+        """The one task that writes order commands, so the wire order is the core's order:
+        PlaceOrder tonces arrive increasing (else error 3) and a cancel follows its place.
+        Replies are awaited by separate tasks, so the pipeline never waits for a reply."""
+        core, client = self.core, self.client
+        assert core is not None and client is not None
+        async for out in self._out_recv:
+            order = out.order
+            try:
+                if out.kind == "place":
+                    self.sent["place"] += 1
+                    waiter = await client.send(order.to_command())
+                else:
+                    self.sent["cancel"] += 1
+                    waiter = await client.send(order.cancel_command())
+            except ConnectionLost as e:
+                if out.kind == "place":
+                    core.on_place_lost(order, f"not sent: {e}")
+                else:
+                    core.on_cancel_lost(order)
+                self._flush()
+                continue
+            except Exception as e:  # an order that cannot be cancelled by id or tonce, ...
+                log.warning("%s of %s not sent: %s", out.kind, order, e)
+                continue
+            self._nursery_start(self._await_reply, out, waiter)
+
+    async def _await_reply(self, out: Outgoing, waiter: ReplyWaiter) -> None:
+        core = self.core
+        assert core is not None
+        order = out.order
+        with trio.move_on_after(self.options.request_timeout) as cs:
+            try:
+                reply = await waiter.wait()
+            except ExchangeError as e:
+                reply = ErrorReply(error_code=e.error_code, error_msg=e.error_msg)
+            except ConnectionLost as e:
+                if out.kind == "place":
+                    core.on_place_lost(order, f"connection lost: {e}")
+                else:
+                    core.on_cancel_lost(order)
+                self._flush()
+                return
+        if cs.cancelled_caught:
+            if out.kind == "place":
+                core.on_place_lost(order, "reply timed out")
+            else:
+                core.on_cancel_lost(order)
+        elif out.kind == "place":
+            assert isinstance(reply, (PlaceOrderReply, ErrorReply))
+            core.on_place_reply(order, reply)
+        else:
+            assert isinstance(reply, (CancelOrderReply, ErrorReply))
+            core.on_cancel_reply(order, reply)
+        self._flush()
+
+    # -- periodic tasks ----------------------------------------------------------------------
+
+    async def _timer(self, name: str, interval: float) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            await trio.sleep(interval)
+            core.on_timer(name)
+            self._flush()
+
+    async def _audit(self) -> None:
+        """F13: a periodic GetOrders audit repairs divergences (within the info budget)."""
+        core, client = self.core, self.client
+        assert core is not None and client is not None
+        while True:
+            await trio.sleep(self.options.audit_interval)
+            t = trio.current_time()
+            try:
+                reply = await client.request(GetOrders())
+            except (ExchangeError, ConnectionLost) as e:
+                log.info("audit skipped: %s", e)
+                continue
+            assert isinstance(reply, GetOrdersReply)
+            report = core.on_open_orders(reply, requested_at=t)
+            if not report.clean:
+                log.warning("audit found divergences: %s", report)
+            self._flush()
+
+    async def _risk_poll(self) -> None:
+        core = self.core
+        assert core is not None
+        while True:
+            await trio.sleep(0.5)
+            core.poll_risk()
+            self._flush()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    assert self.core is not None
+                    log.warning("SIGUSR1: manual kill switch, halting every strategy")
+                    self.core.risk.halt(None, "manual kill (SIGUSR1)")
+                    self.core.poll_risk()
+                    self._flush()
+                    continue
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                self._stop.set()
+                return
+
+    async def _beat(self) -> None:
+        while True:
+            self._heartbeat = time.monotonic()
+            await trio.sleep(0.5)
+
+    async def _status(self) -> None:
+        while True:
+            await trio.sleep(self.options.status_interval)
+            _render_status(self)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """F15: stop intake, cancel own orders one by one, wait for confirmations."""
+        core = self.core
+        assert core is not None
+        core.stop()
+        self._flush()
+        with trio.move_on_after(self.options.shutdown_deadline):
+            while any(o.is_open and not o.is_market for o in core.tracker.open_orders()):
+                await trio.sleep(0.02)
+                core.poll_risk()
+                for o in core.tracker.open_orders():
+                    if o.is_open and o.state.name in ("OPEN", "PARTIALLY_FILLED"):
+                        core._queue_cancel(o, o.strategy)
+                self._flush()
+        left = [o for o in core.tracker.open_orders() if o.is_open]
+        if left:
+            self.errors.append(f"{len(left)} orders still open after the shutdown deadline")
+            log.error("orders still open at shutdown: %s", left)
+
+    def summary(self) -> dict[str, Any]:
+        core = self.core
+        out: dict[str, Any] = {
+            "exchange": self.url,
+            "embedded": self.config.exchange.embedded,
+            "elapsed_s": round(trio.current_time() - self._t0, 3) if self._t0 else 0.0,
+            "sessions": self.sessions,
+            "commands_sent": dict(self.sent),
+            "errors": list(self.errors),
+        }
+        if core is not None:
+            out.update(core.summary())
+            out["fills"] = len(core.fills)
+            out["open_orders_left"] = sum(1 for o in core.tracker.open_orders() if o.is_open)
+            out["books"] = {
+                m.name: {"best_bid": b.best_bid, "best_ask": b.best_ask, "orders": len(b)} for m, b in core.books.items()
+            }
+        if self.client is not None:
+            st = self.client.statistics()
+            out["connection"] = {"session": st.session, "reconnects": max(self.sessions - 1, 0)}
+        return out
+
+
+class _Watchdog:
+    """A thread that notices a stalled trio loop (F9): a strategy stuck in a busy loop or a
+    blocking call.  It logs, writes the reason to stderr and exits the process with status 3,
+    which closes the TCP connection so the exchange cancels our persist:false orders."""
+
+    def __init__(self, seconds: float, runner: Runner) -> None:
+        self.seconds = seconds
+        self.runner = runner
+        self._halt = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="cftrade-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self.runner._heartbeat = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+    def _watch(self) -> None:
+        while not self._halt.wait(min(1.0, self.seconds / 4)):
+            stalled = time.monotonic() - self.runner._heartbeat
+            if stalled > self.seconds:
+                msg = f"cftrade: event loop stalled for {stalled:.1f} s (watchdog {self.seconds:g} s): exiting"
+                log.critical(msg)
+                print(msg, file=sys.stderr, flush=True)
+                os._exit(3)
+
+
+def _render_status(runner: Runner) -> None:
+    core = runner.core
+    if core is None:
+        return
+    lines = []
+    elapsed = trio.current_time() - runner._t0
+    dur = runner.options.duration or runner.config.run.duration
+    if dur:
+        frac = min(elapsed / dur, 1.0)
+        bar = "#" * int(frac * 30)
+        lines.append(f"[{bar:<30}] {elapsed:6.1f}/{dur:g} s")
+    else:
+        lines.append(f"running {elapsed:.1f} s")
+    for m, b in core.books.items():
+        lines.append(
+            f"  {m.name}: bid {_px(b.best_bid, m)} ask {_px(b.best_ask, m)}  ({len(b)} orders)"
+        )
+    st = core.risk.statistics()
+    for name, s in core.summary()["strategies"].items():
+        lines.append(
+            f"  {name:<14} {s['state']:<8} pos {s['position']:>12}  pnl {s['net_pnl']:>10}  "
+            f"open {s['orders_open']:>3}  fills {s['trades']:>4}  denied {s['denials']}"
+        )
+    lines.append(f"  order budget left: {st.user_tokens_left}")
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+def _px(value: int | None, market: Market) -> str:
+    from engine.scale import format_price
+
+    return "-" if value is None else format_price(value, market)
+
+
+def new_seed() -> int:
+    return secrets.randbits(32)

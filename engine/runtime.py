@@ -1,0 +1,586 @@
+"""The trading core: state, strategies and the risk gate wired together, with no I/O.
+
+``TradingCore`` is what the live runner (:mod:`engine.runner`) and the backtester drive, so a
+strategy sees exactly the same thing live and in a replay.  Everything here is plain ``def``:
+
+* **In**: notices (``on_notice``), book snapshots (``on_snapshot``), replies to our commands
+  (``on_place_reply`` / ``on_place_lost`` / ``on_cancel_reply`` ...), balances and open orders
+  from reconciliation, timers.
+* **Out**: the commands to send, collected in ``outbox`` as :class:`Outgoing` records; the
+  driver sends them (pipelined, through the rate-limit governor) and reports the outcome.
+
+Data flow for one notice::
+
+    notice -> Book.apply (public view)            -> on_book / on_trade hooks
+           -> OrderTracker.on_notice (own orders) -> BalanceView / PositionBook -> on_order / on_fill
+           -> BalanceView.on_balance_changed
+
+Every strategy hook runs inside an exception boundary: a strategy that raises is HALTED by the
+risk governor and its orders are cancelled; the other strategies go on (RELIABILITY F14).
+Intents emitted during a hook are judged by the risk governor at once; a denial is handed
+back through ``on_risk_denied`` after the current hook returns (never re-entrantly).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal
+
+from engine.errors import ExchangeError
+from engine.protocol.messages import (
+    UNSET,
+    CancelOrderReply,
+    ErrorReply,
+    GetBalancesReply,
+    GetOrdersReply,
+    Notice,
+    OrderClosed,
+    OrderOpened,
+    OrdersMatched,
+    PlaceOrderReply,
+    TickerChanged,
+    WatchOrdersReply,
+)
+from engine.risk import RiskGovernor, TradingState
+from engine.risk.model import MarketView
+from engine.scale import DEFAULT, Market, Scales, to_scaled
+from engine.state.balances import BalanceView
+from engine.state.book import Book
+from engine.state.orders import Closed, Filled, Opened, Order, OrderEvent, OrderState, OrderTracker
+from engine.state.positions import PositionBook
+from engine.state.tonces import TonceAllocator
+from engine.strategy import (
+    Cancel,
+    CancelAll,
+    Denial,
+    Fill,
+    Intent,
+    PlaceLimit,
+    PlaceMarket,
+    Replace,
+    Side,
+    Strategy,
+    Ticker,
+    Trade,
+)
+
+log = logging.getLogger("engine.runtime")
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A command the driver must send: ``kind`` says which, ``order`` which order."""
+
+    kind: Literal["place", "cancel"]
+    order: Order
+    strategy: str
+
+
+@dataclass(slots=True)
+class StrategyStats:
+    hooks: int = 0
+    intents: int = 0
+    denials: int = 0
+    errors: int = 0
+    last_error: str = ""
+
+
+@dataclass(slots=True)
+class _Slot:
+    strategy: Strategy
+    market: Market
+    ctx: StrategyContext
+    positions: PositionBook
+    stats: StrategyStats = field(default_factory=StrategyStats)
+    started: bool = False
+
+
+class StrategyContext:
+    """The :class:`engine.strategy.Context` a strategy sees (read-only state + emitters)."""
+
+    def __init__(self, core: TradingCore, name: str, market: Market, params: Any) -> None:
+        self._core = core
+        self.name = name
+        self.market = market
+        self.params = params
+
+    @property
+    def book(self) -> Book:
+        return self._core.books[self.market]
+
+    @property
+    def now_us(self) -> int:
+        return self._core.clock_us()
+
+    @property
+    def state(self) -> TradingState:
+        return self._core.risk.state(self.name)
+
+    def open_orders(self) -> list[Order]:
+        return self._core.tracker.open_orders(strategy=self.name, market=self.market)
+
+    def position(self) -> int:
+        return self._core.slots[self.name].positions.position(self.market).base
+
+    def pnl(self) -> Fraction:
+        """Realized + unrealized − fees in counter units (exact), marked to the mid."""
+        return self._core.equity(self.name)
+
+    def available(self, asset_symbol: str) -> int:
+        from engine.scale import asset_by_symbol
+
+        return self._core.balances.available(asset_by_symbol(asset_symbol).code)
+
+    def amount(self, text: str) -> int:
+        return self._core.scales.parse_amount(text, self.market.base)
+
+    def price(self, text: str) -> int:
+        return to_scaled(text, self.market.price_scale, f"{self.market.name} price")
+
+    def buy(self, price: int, quantity: int, *, persist: bool = False) -> int:
+        return self.emit(PlaceLimit(Side.BUY, price, quantity, persist))
+
+    def sell(self, price: int, quantity: int, *, persist: bool = False) -> int:
+        return self.emit(PlaceLimit(Side.SELL, price, quantity, persist))
+
+    def market_order(self, side: Side, *, quantity: int | None = None, total: int | None = None) -> int:
+        return self.emit(PlaceMarket(side, quantity, total))
+
+    def cancel(self, ref: int) -> None:
+        self.emit(Cancel(ref))
+
+    def cancel_all(self) -> None:
+        self.emit(CancelAll())
+
+    def replace(self, ref: int, price: int, quantity: int) -> int:
+        return self.emit(Replace(ref, price, quantity))
+
+    def emit(self, intent: Intent) -> int:
+        """Judge and act on one intent now; returns the order reference (0 if none)."""
+        return self._core.submit(self.name, intent)
+
+
+class TradingCore:
+    """State + strategies + risk for one user's session (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        markets: Iterable[Market],
+        risk: RiskGovernor,
+        tonces: TonceAllocator,
+        clock: Callable[[], float],
+        clock_us: Callable[[], int],
+        scales: Scales = DEFAULT,
+        persist: bool = False,
+    ) -> None:
+        self.scales = scales
+        self.clock = clock
+        self.clock_us = clock_us
+        self.risk = risk
+        self.tonces = tonces
+        self.persist = persist
+        self.books: dict[Market, Book] = {m: Book(m, scales=scales) for m in markets}
+        self.tracker = OrderTracker(clock=clock)
+        self.balances = BalanceView(scales, clock=clock)
+        self.account = PositionBook(scales)
+        self.slots: dict[str, _Slot] = {}
+        self.outbox: deque[Outgoing] = deque()
+        self.last_price: dict[Market, int] = {}
+        self.tickers: dict[Market, Ticker] = {}
+        self.ready = False
+        self._next_ref = 1
+        self._deferred: deque[tuple[str, Denial]] = deque()
+        self._in_hook = False
+        self.fills: list[tuple[str, Fill]] = []
+        self.denials: list[tuple[str, Denial]] = []
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def add_strategy(self, name: str, strategy: Strategy, market: Market, limits: Any) -> None:
+        if name in self.slots:
+            raise ValueError(f"duplicate strategy name {name!r}")
+        if market not in self.books:
+            self.books[market] = Book(market, scales=self.scales)
+        ctx = StrategyContext(self, name, market, strategy.p)
+        self.slots[name] = _Slot(strategy, market, ctx, PositionBook(self.scales, strategy=name))
+        self.risk.add_strategy(name, limits, market=market)
+
+    def start(self) -> None:
+        """The start-up barrier has passed: call every strategy's ``on_start``, then ``on_book``."""
+        self.ready = True
+        for name, slot in self.slots.items():
+            if self.risk.state(name) is TradingState.HALTED:
+                log.warning("strategy %s starts HALTED (persisted): not started", name)
+                self._cancel_strategy(name)
+                continue
+            self._call(name, "on_start")
+            slot.started = True
+        for name, slot in self.slots.items():
+            if slot.started and self.books[slot.market].ready:
+                self._call(name, "on_book")
+
+    def stop(self) -> None:
+        """Shutdown: ``on_stop`` hooks, then cancel every open order of every strategy."""
+        for name, slot in self.slots.items():
+            if slot.started:
+                self._call(name, "on_stop")
+        self.ready = False
+        for name in self.slots:
+            self._cancel_strategy(name)
+
+    # -- inputs: market data ---------------------------------------------------------------
+
+    def on_snapshot(self, market: Market, reply: WatchOrdersReply) -> None:
+        book = self.books[market]
+        if book.ready:
+            book.reset()
+        book.load_snapshot(reply)
+        if self.ready:
+            self._book_changed(market)
+
+    def book_gap(self, market: Market) -> None:
+        """Notices of ``market`` were lost: forget the view until the next snapshot."""
+        self.books[market].reset()
+
+    def on_notice(self, notice: Notice) -> None:
+        t = type(notice)
+        if t is OrderOpened or t is OrderClosed or t is OrdersMatched:
+            n: Any = notice
+            market = self._market_of(n.base, n.counter)
+            changed = 0
+            if market is not None:
+                changed = self.books[market].apply(notice)
+            own = (n.tonce is not UNSET) if t is not OrdersMatched else (n.bid_tonce is not UNSET or n.ask_tonce is not UNSET)
+            if own:
+                self._order_events(self.tracker.on_notice(notice))
+            if t is OrdersMatched and market is not None:
+                self.last_price[market] = n.price
+                self._trade(market, n, own)
+            if changed and market is not None and self.ready:
+                self._book_changed(market)
+        elif t.__name__ == "BalanceChanged":
+            self.balances.on_balance_changed(notice)  # type: ignore[arg-type]
+        elif t is TickerChanged:
+            self._ticker(notice)  # type: ignore[arg-type]
+        self._flush_denials()
+
+    def _market_of(self, base: int, counter: int) -> Market | None:
+        for m in self.books:
+            if m.base.code == base and m.counter.code == counter:
+                return m
+        return None
+
+    def _book_changed(self, market: Market) -> None:
+        for name, slot in self.slots.items():
+            if slot.market is market and slot.started:
+                self._call(name, "on_book")
+
+    def _trade(self, market: Market, n: OrdersMatched, own: bool) -> None:
+        aggressor: Side | None = None
+        if n.bid is UNSET:
+            aggressor = Side.BUY
+        elif n.ask is UNSET:
+            aggressor = Side.SELL
+        trade = Trade(market.name, n.price, n.quantity, n.time, own, aggressor)
+        for name, slot in self.slots.items():
+            if slot.market is market and slot.started:
+                self._call(name, "on_trade", trade)
+
+    def _ticker(self, n: TickerChanged) -> None:
+        market = self._market_of(n.base, n.counter)
+        if market is None:
+            return
+        old = self.tickers.get(market) or Ticker(market.name, None, None, None, None, None, 0)
+
+        def pick(new: Any, prev: Any) -> Any:
+            return prev if new is UNSET else new
+
+        tk = Ticker(
+            market.name,
+            pick(n.last, old.last),
+            pick(n.bid, old.bid),
+            pick(n.ask, old.ask),
+            pick(n.low, old.low),
+            pick(n.high, old.high),
+            pick(n.volume, old.volume),
+        )
+        self.tickers[market] = tk
+        if tk.last is not None:
+            self.last_price[market] = tk.last
+        for name, slot in self.slots.items():
+            if slot.market is market and slot.started:
+                self._call(name, "on_ticker", tk)
+
+    # -- inputs: our own orders ------------------------------------------------------------
+
+    def _order_events(self, events: list[OrderEvent]) -> None:
+        for ev in events:
+            self.balances.apply(ev)
+            self.account.apply(ev)
+            order = ev.order
+            slot = self.slots.get(order.strategy) if order is not None else None
+            if slot is not None:
+                slot.positions.apply(ev)
+            if type(ev) is Filled and order is not None:
+                f = ev.fill
+                fill = Fill(order.ref, order.side, f.price, f.quantity, f.total, f.counter_fee, f.time)
+                self.fills.append((order.strategy, fill))
+                if slot is not None and slot.started:
+                    self._call(order.strategy, "on_fill", fill)
+                    self._mark(order.strategy)
+            if order is not None and slot is not None and slot.started and type(ev) in (Opened, Closed):
+                self._call(order.strategy, "on_order", order)
+            if type(ev) is Closed and order is not None:
+                self.risk_after_close(order)
+
+    def risk_after_close(self, order: Order) -> None:
+        pass
+
+    def on_place_reply(self, order: Order, reply: PlaceOrderReply | ErrorReply) -> None:
+        events = self.tracker.on_place_reply(order, reply)
+        if isinstance(reply, ErrorReply):
+            self.balances.on_place_failed(order)
+            log.info("order %s rejected: %s %s", order.ref, reply.error_code, reply.error_msg)
+        elif order.tonce is not None:
+            self.tonces.confirm(order.tonce, order.epoch)
+        self._order_events(events)
+        self._notify(order)
+        self._flush_denials()
+
+    def on_place_lost(self, order: Order, reason: str) -> None:
+        self.tracker.on_place_lost(order, reason)
+        self._notify(order)
+
+    def on_cancel_reply(self, order: Order, reply: CancelOrderReply | ErrorReply) -> None:
+        self.tracker.on_cancel_reply(order, reply)
+        self._notify(order)
+        self._flush_denials()
+
+    def on_cancel_lost(self, order: Order) -> None:
+        self.tracker.on_cancel_lost(order)
+
+    def _notify(self, order: Order) -> None:
+        slot = self.slots.get(order.strategy)
+        if slot is not None and slot.started:
+            self._call(order.strategy, "on_order", order)
+
+    # -- inputs: reconciliation ------------------------------------------------------------
+
+    def on_balances(self, reply: GetBalancesReply) -> None:
+        self.balances.on_balances(reply)
+
+    def on_open_orders(self, reply: GetOrdersReply, requested_at: float | None = None) -> Any:
+        """Apply a GetOrders audit; orders of no known strategy are cancelled (no orphans)."""
+        intents = {o.tonce: (o.ref, o.strategy) for o in self.tracker if o.tonce is not None}
+        report = self.tracker.apply_open_orders(reply, intents=intents, requested_at=requested_at)
+        for order in report.adopted:
+            if order.strategy not in self.slots:
+                log.warning("adopted foreign open order %s: cancelling (no strategy owns it)", order)
+                self._queue_cancel(order, order.strategy or "")
+        return report
+
+    def on_timer(self, name: str) -> None:
+        slot = self.slots.get(name)
+        if slot is not None and slot.started:
+            self._call(name, "on_timer")
+            self._mark(name)
+            self._flush_denials()
+
+    # -- intents -> commands ---------------------------------------------------------------
+
+    def submit(self, name: str, intent: Intent) -> int:
+        slot = self.slots[name]
+        slot.stats.intents += 1
+        market = slot.market
+        replace_side: Side | None = None
+        if isinstance(intent, Replace):
+            old = self.tracker.get(intent.ref)
+            replace_side = old.side if old is not None else None
+        denial = self.risk.check(name, intent, self._view(name, market), market, replace_side=replace_side)
+        if denial is not None:
+            slot.stats.denials += 1
+            self.denials.append((name, denial))
+            self._deferred.append((name, denial))
+            if not self._in_hook:
+                self._flush_denials()
+            return 0
+        if isinstance(intent, PlaceLimit):
+            return self._place(name, market, intent.side, quantity=intent.quantity, price=intent.price,
+                               persist=intent.persist)
+        if isinstance(intent, PlaceMarket):
+            return self._place(name, market, intent.side, quantity=intent.quantity, total=intent.total)
+        if isinstance(intent, Cancel):
+            order = self.tracker.get(intent.ref)
+            if order is not None and order.strategy == name and order.is_open:
+                self._queue_cancel(order, name)
+            return intent.ref
+        if isinstance(intent, CancelAll):
+            self._cancel_strategy(name)
+            return 0
+        if isinstance(intent, Replace):
+            old = self.tracker.get(intent.ref)
+            if old is None or old.strategy != name:
+                return 0
+            if old.is_open:
+                self._queue_cancel(old, name)
+            return self._place(name, market, old.side, quantity=intent.quantity, price=intent.price,
+                               persist=old.persist)
+        return 0
+
+    def _place(self, name: str, market: Market, side: Side, *, quantity: int | None = None,
+               price: int | None = None, total: int | None = None, persist: bool | None = None) -> int:
+        ref = self._next_ref
+        self._next_ref += 1
+        tonce = self.tonces.next()
+        order = self.tracker.place(
+            ref, market, side, quantity=quantity, price=price, total=total, tonce=tonce,
+            epoch=self.tonces.epoch, strategy=name, persist=self.persist if persist is None else persist,
+        )
+        self.balances.on_place_sent(order)
+        self.outbox.append(Outgoing("place", order, name))
+        return ref
+
+    def _queue_cancel(self, order: Order, name: str) -> None:
+        if order.state in (OrderState.PENDING_CANCEL,) or order.is_terminal:
+            return
+        if order.is_market:
+            return
+        if order.id is None and order.tonce is None:
+            return
+        try:
+            self.tracker.on_cancel_sent(order)
+        except ExchangeError:
+            return
+        except Exception as e:  # an illegal move (e.g. UNKNOWN) is settled by reconciliation
+            log.debug("cancel of %s deferred: %s", order, e)
+            return
+        self.outbox.append(Outgoing("cancel", order, name))
+
+    def _cancel_strategy(self, name: str) -> None:
+        for order in self.tracker.open_orders(strategy=name):
+            self._queue_cancel(order, name)
+        if self.risk.needs_cancel(name):
+            self.risk.cancel_done(name)
+
+    def _view(self, name: str, market: Market) -> MarketView:
+        book = self.books[market]
+        # An order whose cancel is in flight is counted as gone: requoting (cancel + place)
+        # would otherwise see twice its real exposure for a round trip.  The race (the old
+        # order fills before the cancel lands) is bounded by one order per requote.
+        live = OrderState.PENDING_CANCEL
+        mine = [o for o in self.tracker.open_orders(strategy=name, market=market) if o.state is not live]
+        user = [o for o in self.tracker.open_orders(market=market) if o.state is not live]
+        buy_q = sum(o.remaining for o in mine if o.side is Side.BUY and not o.is_market)
+        sell_q = sum(o.remaining for o in mine if o.side is Side.SELL and not o.is_market)
+        own_bids = [o.price for o in user if o.side is Side.BUY and o.price is not None]
+        own_asks = [o.price for o in user if o.side is Side.SELL and o.price is not None]
+        return MarketView(
+            best_bid=book.best_bid,
+            best_ask=book.best_ask,
+            last=self.last_price.get(market),
+            position=self.slots[name].positions.position(market).base,
+            open_orders=len(mine),
+            user_open_orders=len(self.tracker.open_orders()),  # exchange-side count: all open
+            open_buy_quantity=buy_q,
+            open_sell_quantity=sell_q,
+            own_best_bid=max(own_bids) if own_bids else None,
+            own_best_ask=min(own_asks) if own_asks else None,
+        )
+
+    # -- hooks and supervision -------------------------------------------------------------
+
+    def _call(self, name: str, hook: str, *args: Any) -> None:
+        slot = self.slots[name]
+        if self.risk.state(name) is TradingState.HALTED and hook not in ("on_order", "on_fill", "on_stop"):
+            return
+        slot.stats.hooks += 1
+        outer = self._in_hook
+        self._in_hook = True
+        try:
+            result = getattr(slot.strategy, hook)(slot.ctx, *args)
+            if result is not None:
+                for intent in result:
+                    slot.ctx.emit(intent)
+        except Exception as e:  # F14: a strategy's bug halts that strategy only
+            slot.stats.errors += 1
+            slot.stats.last_error = f"{type(e).__name__}: {e}"
+            log.exception("strategy %s raised in %s: halting it and cancelling its orders", name, hook)
+            self.risk.halt(name, f"strategy raised {type(e).__name__} in {hook}: {e}")
+            self._cancel_strategy(name)
+        finally:
+            self._in_hook = outer
+        if self.risk.needs_cancel(name):
+            self._cancel_strategy(name)
+
+    def _flush_denials(self) -> None:
+        if self._in_hook:
+            return
+        while self._deferred:
+            name, denial = self._deferred.popleft()
+            slot = self.slots[name]
+            if slot.started:
+                self._call(name, "on_risk_denied", denial)
+
+    def equity(self, name: str) -> Fraction:
+        slot = self.slots[name]
+        pos = slot.positions.position(slot.market)
+        return pos.net(self.mark_price(slot.market))
+
+    def mark_price(self, market: Market) -> int | None:
+        book = self.books[market]
+        if book.best_bid is not None and book.best_ask is not None:
+            return (book.best_bid + book.best_ask) // 2
+        return self.last_price.get(market)
+
+    def _mark(self, name: str) -> None:
+        eq = self.equity(name)
+        reasons = self.risk.on_equity(name, int(eq))  # floor of an exact fraction: integer units
+        if reasons:
+            log.warning("kill switch for %s: %s", name, "; ".join(reasons))
+            self._cancel_strategy(name)
+
+    def poll_risk(self) -> None:
+        """Called periodically by the driver: kill file, halted strategies' cancels."""
+        self.risk.poll_kill_file()
+        for name in self.slots:
+            if self.risk.needs_cancel(name):
+                self._cancel_strategy(name)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def _money(self, value: Fraction, market: Market) -> str:
+        """Exact counter units as decimal text of the counter asset (truncated toward zero)."""
+        return self.scales.format_amount(int(value), market.counter)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"strategies": {}}
+        for name, slot in self.slots.items():
+            pos = slot.positions.position(slot.market)
+            mark = self.mark_price(slot.market)
+            orders = [o for o in self.tracker if o.strategy == name]
+            out["strategies"][name] = {
+                "class": type(slot.strategy).__name__,
+                "market": slot.market.name,
+                "state": self.risk.state(name).value,
+                "position": self.scales.format_amount(pos.base, slot.market.base),
+                "position_units": pos.base,
+                "realized_pnl": self._money(pos.realized, slot.market),
+                "unrealized_pnl": self._money(pos.unrealized(mark), slot.market) if mark is not None else None,
+                "net_pnl": self._money(pos.net(mark), slot.market),
+                "fees": self.scales.format_amount(pos.fees, slot.market.counter),
+                "volume_base": pos.volume_base,
+                "trades": pos.trades,
+                "orders_placed": len(orders),
+                "orders_open": sum(1 for o in orders if o.is_open),
+                "hooks": slot.stats.hooks,
+                "intents": slot.stats.intents,
+                "denials": slot.stats.denials,
+                "errors": slot.stats.errors,
+                "last_error": slot.stats.last_error or None,
+            }
+        return out
