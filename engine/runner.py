@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from engine.client.notices import FeedGap, ReplyEvent, SessionEnded, SessionStarted
 from engine.client.reconnect import ReconnectingClient
@@ -95,6 +96,12 @@ class RunOptions:
     watchdog_seconds: float = 10.0
     """A trio loop stalled this long is a crash (F9); 0 disables the watchdog."""
     handle_signals: bool = True
+    transport: str = "tcp"
+    """Embedded exchange only: "tcp" (a real WebSocket on 127.0.0.1, the default) or
+    "memory" (the same WebSocket protocol over trio memory streams, so tests can run hours of
+    virtual time under ``autojump_clock``; real sockets would make autojump skip I/O waits)."""
+    drop_hook: Any = None
+    """Tests: called with each new server-side memory stream (fault injection)."""
 
 
 @dataclass(slots=True)
@@ -114,6 +121,8 @@ class Runner:
         self.core: TradingCore | None = None
         self.client: ReconnectingClient | None = None
         self.exchange: Any = None
+        self.server: Any = None
+        self._dial: Any = None
         self.url: str | None = None
         self._nursery: trio.Nursery | None = None
         self._stop = trio.Event()
@@ -155,7 +164,7 @@ class Runner:
                 self.url = url
                 self.client = ReconnectingClient(
                     url, creds, governor=self._governor(), allow_insecure=insecure,
-                    on_connected=self._reconcile, rng=random.Random(cfg.run.seed),
+                    on_connected=self._reconcile, rng=random.Random(cfg.run.seed), dial=self._dial,
                 )
                 await nursery.start(self.client.run)
                 nursery.start_soon(self._events)
@@ -239,14 +248,31 @@ class Runner:
         settings = xcfg.exchange_settings(participants=xcfg.participants.enabled)
         seed = self.config.run.seed
         self.exchange = Exchange(settings, clock_us=self.clock_us, rng=random.Random(seed))
-        server = await nursery.start(functools.partial(serve_exchange, self.exchange, "127.0.0.1", 0,
-                                                       **xcfg.server.server_options()))
+        if self.options.transport == "memory":
+            from engine.exchange.server import ExchangeServer
+
+            self.server = ExchangeServer(self.exchange, **xcfg.server.server_options())
+            server_url = "ws://127.0.0.1:1/"
+            self._dial = self._memory_dial
+        else:
+            server = await nursery.start(functools.partial(serve_exchange, self.exchange, "127.0.0.1", 0,
+                                                           **xcfg.server.server_options()))
+            self.server = server
+            server_url = server.url
         if xcfg.participants.enabled:
             sim = MarketSimulator(self.exchange, xcfg.participants, start_us=self.clock_us())
             await nursery.start(run_participants, sim, self.clock_us)
-        log.info("embedded exchange at %s", server.url)
+        log.info("embedded exchange at %s (%s)", server_url, self.options.transport)
         creds = Credentials(DEMO_USER_ID, Secret(DEMO_COOKIE, "cookie"), Secret(DEMO_PASSPHRASE, "passphrase"))
-        return server.url, creds, True
+        return server_url, creds, True
+
+    async def _memory_dial(self, target: Any) -> trio.abc.Stream:
+        """A client stream whose other end is served by the embedded exchange in-process."""
+        client_end, server_end = trio.testing.memory_stream_pair()
+        if self.options.drop_hook is not None:
+            self.options.drop_hook(client_end, server_end)
+        self._nursery_start(self.server.handle_stream, server_end)
+        return client_end
 
     async def _reconcile(self, conn: Connection) -> None:
         """Runs on every (re)connect before any other request (F1, F5)."""
