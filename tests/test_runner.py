@@ -5,9 +5,6 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import pytest
-import trio
-
 from engine.config import load_run_config
 from engine.runner import Runner, RunOptions
 
