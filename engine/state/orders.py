@@ -40,6 +40,10 @@ raises :class:`~engine.errors.InvalidTransition`)::
   covered by that aggregate then only refines the detail (no second count).
 * **The bid remaining follows ``bid_rem``**: the buyer's fee comes out of the reservation, so
   the remaining quantity shrinks by more than the traded quantity (IMPL-GUIDE).
+* **Only notices move ``remaining``.**  Notices come in engine order; replies do not (a
+  CancelOrder or GetOrders reply can overtake the OrdersMatched that preceded it), and the
+  remaining *before* each fill is what the balance view needs for the bid refund.  What a
+  reply or audit says is kept in ``exchange_remaining``; an inferred fill adopts it.
 
 The notice handlers return :class:`Opened`, :class:`Filled` and :class:`Closed` events that
 carry everything the balance view and positions need (the order's limit price and its
@@ -197,6 +201,9 @@ class Order:
     """False while a terminal state is our inference; True once the exchange said so."""
     inferred_pending: int = 0
     """Base quantity of inferred (audit) fills not yet matched by a real notice."""
+    exchange_remaining: int | None = None
+    """The remaining the last reply or audit reported (GetOrders, CancelOrder); ``remaining``
+    itself moves only with the ordered notice stream (see ``OrderTracker``)."""
     _cancel_from: OrderState | None = None
     _fill_keys: set[tuple[int, int, int, int, int | None]] = field(default_factory=set)
 
@@ -537,7 +544,7 @@ class OrderTracker:
                 self._move(order, order._cancel_from, f"cancel failed: {err}")
             return
         self._bind_id(order, reply.id)
-        order.remaining = abs(reply.quantity)
+        order.exchange_remaining = abs(reply.quantity)
         if order.state is OrderState.CANCELLED and order.closed_confirmed:
             return  # the OrderClosed notice got here first
         if order.state is OrderState.FILLED and order.closed_confirmed:
@@ -566,7 +573,7 @@ class OrderTracker:
             if order is None:
                 continue
             self._bind_id(order, o.id)
-            order.remaining = abs(o.quantity)
+            order.exchange_remaining = abs(o.quantity)
             if not (order.state is OrderState.CANCELLED and order.closed_confirmed):
                 order.reason = "cancelled by CancelAllOrders"
                 self._close(order, OrderState.CANCELLED, now, confirmed=True)
@@ -686,7 +693,9 @@ class OrderTracker:
         * Orders open here but absent there were closed while their notices were lost:
           FILLED if nothing was left, else CANCELLED, both *provisional* (a later OrderClosed
           or balance check may correct them; the runner may add an inferred fill).
-        * A smaller remaining on the exchange is recorded as ``drift`` and adopted.
+        * A smaller remaining on the exchange is recorded as ``drift`` (and in
+          ``exchange_remaining``); ``remaining`` waits for the notices, which may still be on
+          their way.  If a balance check shows they were lost, :meth:`record_inferred_fill`.
 
         GetOrders may be answered ahead of commands sent before it, so only orders untouched
         since ``requested_at`` (local clock when the GetOrders was sent) are judged absent,
@@ -717,11 +726,9 @@ class OrderTracker:
                     continue  # the reply is older than the close we saw
                 self._reopen(order)
                 report.reopened.append(order)
+            order.exchange_remaining = left
             if left < order.remaining:
                 report.drift.append((order, order.remaining, left))
-                order.remaining = left
-                if order.state is OrderState.OPEN:
-                    self._move(order, OrderState.PARTIALLY_FILLED, "remaining shrank (audit)")
         for order in list(self._open.values()):
             if order.ref in present or order.state is OrderState.PENDING:
                 continue
@@ -748,13 +755,27 @@ class OrderTracker:
         return report
 
     def record_inferred_fill(
-        self, order: Order, *, quantity: int, total: int, counter_fee: int = 0, base_fee: int = 0, time: int = 0
+        self,
+        order: Order,
+        *,
+        quantity: int,
+        total: int,
+        counter_fee: int = 0,
+        base_fee: int = 0,
+        remaining: int | None = None,
+        time: int = 0,
     ) -> Filled:
         """Record one aggregate fill that an audit proved happened (balances moved) although
-        no OrdersMatched was seen.  Returns the event for positions; the balance view
-        ignores it (``inferred=True``: the observed balance already includes it)."""
+        no OrdersMatched was seen.  ``remaining`` (default: the audit's
+        ``exchange_remaining``) becomes the order's remaining; notices for trades down to it
+        that turn up later are absorbed, not counted again.  Returns the event for
+        positions; the balance view ignores it (the observed balance already includes it)."""
         if type(quantity) is not int or quantity <= 0 or type(total) is not int or total < 0:
             raise InvalidTransition(f"{order!r}: inferred fill needs quantity > 0 and total >= 0")
+        if remaining is None:
+            remaining = order.exchange_remaining if order.exchange_remaining is not None else order.remaining
+        prev = order.remaining
+        order.remaining = min(order.remaining, remaining)
         price = (total * order.market.price_scale) // max(quantity, 1) if order.price is None else order.price
         fill = Fill(time, quantity, price, total, counter_fee, base_fee, order.remaining, inferred=True)
         order.fills.append(fill)
@@ -763,8 +784,10 @@ class OrderTracker:
         order.counter_fees += counter_fee
         order.base_fees += base_fee
         order.inferred_pending += quantity
+        if order.state is OrderState.OPEN:
+            self._move(order, OrderState.PARTIALLY_FILLED, "inferred fill")
         order.updated_at = self._clock()
-        return Filled(order, order.market, order.side, fill, order.price, order.remaining, order.remaining, inferred=True)
+        return Filled(order, order.market, order.side, fill, order.price, prev, order.remaining, inferred=True)
 
     def prune(self, closed_before: float) -> int:
         """Forget terminal orders closed before ``closed_before`` (keep a while for late
