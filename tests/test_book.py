@@ -318,7 +318,7 @@ def test_estimate_matches_the_reference_walk() -> None:
             e = book.estimate(total=t)
             assert (e.quantity, e.total_exact) == ref.estimate(total=t)
             assert e.total_exact <= abs(t)
-        assert e.total == int(e.total_exact)  # floor
+        assert e.total == int(e.total_exact + Fraction(1, 2))  # half up
         c = book.estimate(quantity=e.quantity or side, rounding="ceil")
         assert c.total in (int(c.total_exact), int(c.total_exact) + 1) and c.total >= c.total_exact
 
@@ -330,7 +330,8 @@ def test_estimate_worked_example_and_errors() -> None:
     assert (e.quantity, e.total, e.levels, e.complete) == (15 * 10**7, 4_500_050, 2, True)
     e = book.estimate(total=3_000_001)  # £30000.01: 1 XBT, then 1p buys 33 satoshi at £30001.00
     assert e.quantity == 10**8 + 33 and e.total_exact == 3_000_000 + Fraction(33 * 3_000_100, 10**8)
-    assert (e.total, book.estimate(total=3_000_001, rounding="ceil").total) == (3_000_000, 3_000_001)
+    assert e.total == 3_000_001  # 3000000.990033 half up
+    assert book.estimate(total=3_000_001, rounding="floor").total == 3_000_000
     e = book.estimate(quantity=-5)  # no bids
     assert (e.quantity, e.total, e.complete) == (0, 0, False)
     with pytest.raises(LocalProtocolError, match="either quantity or total"):

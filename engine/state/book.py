@@ -149,11 +149,12 @@ class OrderView:
 class Estimate:
     """What a market order would trade against this view (fees ignored, like the exchange).
 
-    ``quantity`` (base units) and ``total_exact`` (counter units, a Fraction: the sum over
-    levels of quantity * price in counter units) are exact.  ``total`` is ``total_exact``
-    rounded as the ``rounding`` the caller asked for ("floor", "ceil"); the exchange rounds
-    each real trade stochastically, so a real fill's total lies within the per-trade
-    rounding of ``total_exact``.
+    ``quantity`` (base units) and ``total_exact`` (counter units, a Fraction: the sum of
+    quantity * price over the levels walked) are exact.  ``total`` is ``total_exact``
+    rounded half up by default, which is what the local exchange's EstimateMarketOrder
+    answers (engine/exchange/core.py ``_estimate_in``: exact sum, then half up, no random
+    draw); "floor" and "ceil" bound what real trades can cost, since the exchange rounds
+    each real trade's total stochastically.
     """
 
     quantity: int
@@ -397,13 +398,14 @@ class Book:
         p, q, _ = self.levels(side, n)
         return p, np.cumsum(q)
 
-    def estimate(self, *, quantity: int | None = None, total: int | None = None, rounding: str = "floor") -> Estimate:
+    def estimate(self, *, quantity: int | None = None, total: int | None = None, rounding: str = "half_up") -> Estimate:
         """Estimate a market order like the exchange's EstimateMarketOrder (fees ignored).
 
         ``quantity`` (base units) or ``total`` (counter units), positive to buy (walks the
         asks), negative to sell (walks the bids).  Walks levels best first; a level whose
         whole quantity does not fit a ``total`` contributes the largest quantity whose exact
-        total fits.  See :class:`Estimate` for how the total is rounded.
+        total fits, and the walk stops there (as the exchange does).  See :class:`Estimate`
+        for how the total is rounded.
         """
         if (quantity is None) == (total is None):
             raise LocalProtocolError("You must specify either quantity or total for a market order.")
@@ -411,8 +413,8 @@ class Book:
         assert want is not None
         if want == 0:
             raise LocalProtocolError("Quantity must not be zero." if quantity is not None else "Total must not be zero.")
-        if rounding not in ("floor", "ceil"):
-            raise ValueError(f"rounding must be 'floor' or 'ceil', was {rounding!r}")
+        if rounding not in ("half_up", "floor", "ceil"):
+            raise ValueError(f"rounding must be 'half_up', 'floor' or 'ceil', was {rounding!r}")
         side = ASK if want > 0 else BID
         return _estimate(self, side, abs(want), quantity is not None, rounding)
 
@@ -547,7 +549,12 @@ def _estimate(book: Book, side: int, want: int, by_quantity: bool, rounding: str
         if left == 0 or take < q:
             complete = True
             break
-    total = got_num // den if rounding == "floor" else -((-got_num) // den)
+    if rounding == "half_up":
+        total = (2 * got_num + den) // (2 * den)
+    elif rounding == "floor":
+        total = got_num // den
+    else:
+        total = -((-got_num) // den)
     return Estimate(got_q, total, Fraction(got_num, den), used, complete)
 
 
