@@ -33,7 +33,8 @@ raises :class:`~engine.errors.InvalidTransition`)::
   terminal state (one we inferred: cancel answered "not found", or the order vanished from
   GetOrders) and confirms it.
 * **Each fill is counted once** (F13, Hummingbot #1663): the protocol has no trade ids, so an
-  exact repeat of a fill (time, quantity, price, total, remaining) is dropped.  Fills are
+  exact repeat of a trade (time, quantity, price, total, both order ids and both
+  remainders) is dropped.  Fills are
   counted only from OrdersMatched notices; GetOrders updates ``remaining`` but never invents
   fill quantities.  When a later balance check proves a fill was lost, the runner records one
   aggregate with :meth:`~OrderTracker.record_inferred_fill`; a notice for a fill already
@@ -95,6 +96,16 @@ __all__ = [
     "TrackerStats",
     "OrderTracker",
 ]
+
+
+_TradeKey = tuple[int, int, int, int, object, object, object, object]
+
+
+def _trade_key(n: OrdersMatched) -> _TradeKey:
+    """What identifies one trade without a trade id: time, amounts, and both orders with
+    their remainders (a remainder strictly falls with every trade of a limit order, and a
+    market order's trades differ in the resting order or its remainder)."""
+    return (n.time, n.quantity, n.price, n.total, n.bid, n.bid_rem, n.ask, n.ask_rem)
 
 
 class OrderState(enum.Enum):
@@ -205,7 +216,7 @@ class Order:
     """The remaining the last reply or audit reported (GetOrders, CancelOrder); ``remaining``
     itself moves only with the ordered notice stream (see ``OrderTracker``)."""
     _cancel_from: OrderState | None = None
-    _fill_keys: set[tuple[int, int, int, int, int | None]] = field(default_factory=set)
+    _fill_keys: set[_TradeKey] = field(default_factory=set)
 
     @property
     def is_open(self) -> bool:
@@ -913,7 +924,7 @@ class OrderTracker:
             raise RemoteProtocolError(f"{order!r}: OrdersMatched names it as the {side.name} side")
         if oid is not None:
             self._bind_id(order, oid)
-        key = (n.time, n.quantity, n.price, n.total, rem)
+        key = _trade_key(n)
         if key in order._fill_keys:
             self.stats.duplicate_fills += 1
             return []
