@@ -691,3 +691,14 @@ def test_queries_and_prune(tr, clock):
     assert tr.prune(closed_before=30.0) == 1  # b closed at t=0; a is still open
     assert tr.get(2) is None and tr.by_tonce(12) is None and list(tr) == [a]
     assert "XBT:GBP BUY 1 @ 1" in repr(a)
+
+
+def test_identical_market_side_trades_against_one_resting_order_both_count(tr):
+    # A market buy may trade twice with the same resting ask at the same time, price and
+    # size; only the ask's remainder tells the trades apart (seen on the exchange core).
+    buy = tr.place(1, M, Side.BUY, quantity=1000, tonce=77)
+    first = matched(qty=620, price=5000, total=31, ask=372, bid_tonce=77, ask_rem=13071, bid_fee=1)
+    second = matched(qty=620, price=5000, total=31, ask=372, bid_tonce=77, ask_rem=12451, bid_fee=1)
+    assert len(tr.on_notice(first)) == 1 and len(tr.on_notice(second)) == 1
+    assert tr.on_notice(second) == []  # an exact repeat is still dropped
+    assert (buy.filled, buy.counter_fees, tr.stats.duplicate_fills) == (1240, 2, 1)
