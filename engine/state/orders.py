@@ -126,6 +126,10 @@ class OrderState(enum.Enum):
     REJECTED = "rejected"
     """The PlaceOrder got an error reply: the order never existed."""
 
+    # Members are singletons compared by identity, so identity hashing is consistent and
+    # spares Enum's Python-level __hash__ on every table lookup of the notice hot path.
+    __hash__ = object.__hash__
+
 
 _S = OrderState
 TERMINAL = frozenset({_S.FILLED, _S.CANCELLED, _S.REJECTED})
