@@ -40,6 +40,7 @@ from typing import Any
 from msgspec import UNSET
 
 from engine.errors import ConfigError, RemoteProtocolError
+from engine.exchange import notices as _notices
 from engine.exchange.book import Book, BookSide, Order
 from engine.exchange.rounding import PPM, make_below
 from engine.exchange.settings import ExchangeSettings, UserCredentials, resolve_credentials
@@ -70,9 +71,6 @@ from engine.protocol.messages import (
     GetTradeVolumeReply,
     Notice,
     OpenOrder,
-    OrderClosed,
-    OrderOpened,
-    OrdersMatched,
     PlaceOrder,
     PlaceOrderReply,
     Reply,
@@ -888,7 +886,10 @@ class Exchange:
         now = self._now
         book.ticker.trade(now, p, x)
         if buyer.listeners or seller.listeners or book.order_watchers:
-            self._notify_matched(book, buyer, seller, bid, ask, x, p, t, fb, fa, bid_mkt_tonce, ask_mkt_tonce)
+            _notices.orders_matched(
+                book, buyer.user_id, buyer.listeners, seller.user_id, seller.listeners,
+                bid, ask, x, p, t, fb, fa, now, bid_mkt_tonce, ask_mkt_tonce,
+            )
         # ... then the available balances, one change per BalanceChanged, in this order:
         # buyer base (+x), buyer counter (excess back, or total+fee paid at market),
         # seller base (-x, market only), seller counter (+total-fee).  One change per
@@ -1117,104 +1118,14 @@ class Exchange:
     def _notify_opened(self, o: Order) -> None:
         owners = self._accounts[o.user_id].listeners
         watchers = self._books[(o.base, o.counter)].order_watchers
-        if not owners and not watchers:
-            return
-        q = o.signed_quantity
-        if owners:
-            n = OrderOpened(
-                id=o.id, tonce=o.tonce, base=o.base, counter=o.counter, quantity=q, price=o.price, time=o.time
-            )
-            for s in owners.values():
-                s.deliver(n)
-        pub = None
-        for w in watchers.values():
-            if w.user_id != o.user_id:
-                if pub is None:
-                    pub = OrderOpened(id=o.id, base=o.base, counter=o.counter, quantity=q, price=o.price, time=o.time)
-                w.deliver(pub)
+        if owners or watchers:
+            _notices.order_opened(o, owners, watchers)
 
     def _notify_closed(self, o: Order) -> None:
         owners = self._accounts[o.user_id].listeners
         watchers = self._books[(o.base, o.counter)].order_watchers
-        if not owners and not watchers:
-            return
-        q = o.signed_quantity
-        if owners:
-            n = OrderClosed(id=o.id, tonce=o.tonce, base=o.base, counter=o.counter, quantity=q, price=o.price)
-            for s in owners.values():
-                s.deliver(n)
-        pub = None
-        for w in watchers.values():
-            if w.user_id != o.user_id:
-                if pub is None:
-                    pub = OrderClosed(id=o.id, base=o.base, counter=o.counter, quantity=q, price=o.price)
-                w.deliver(pub)
-
-    def _notify_matched(
-        self,
-        book: Book,
-        buyer: _Account,
-        seller: _Account,
-        bid: Order | None,
-        ask: Order | None,
-        x: int,
-        p: int,
-        t: int,
-        fb: int,
-        fa: int,
-        bid_mkt_tonce: int | None,
-        ask_mkt_tonce: int | None,
-    ) -> None:
-        watchers = book.order_watchers
-        if not buyer.listeners and not seller.listeners and not watchers:
-            return
-        common: dict[str, Any] = {
-            "base": book.base,
-            "counter": book.counter,
-            "quantity": x,
-            "price": p,
-            "total": t,
-            "time": self._now,
-        }
-        if bid is not None:
-            common["bid"] = bid.id
-            common["bid_rem"] = bid.quantity
-        if ask is not None:
-            common["ask"] = ask.id
-            common["ask_rem"] = ask.quantity
-        bid_own: dict[str, Any] = {
-            "bid_tonce": bid.tonce if bid is not None else bid_mkt_tonce,
-            "bid_base_fee": 0,
-            "bid_counter_fee": fb,
-        }
-        ask_own: dict[str, Any] = {
-            "ask_tonce": ask.tonce if ask is not None else ask_mkt_tonce,
-            "ask_base_fee": 0,
-            "ask_counter_fee": fa,
-        }
-        if buyer is seller:
-            if buyer.listeners:
-                n = OrdersMatched(**common, **bid_own, **ask_own)
-                for s in buyer.listeners.values():
-                    s.deliver(n)
-        else:
-            if buyer.listeners:
-                n = OrdersMatched(**common, **bid_own)
-                for s in buyer.listeners.values():
-                    s.deliver(n)
-            if seller.listeners:
-                n = OrdersMatched(**common, **ask_own)
-                for s in seller.listeners.values():
-                    s.deliver(n)
-        if watchers:
-            pub = None
-            ub, ua = buyer.user_id, seller.user_id
-            for w in watchers.values():
-                uid = w.user_id
-                if uid != ub and uid != ua:
-                    if pub is None:
-                        pub = OrdersMatched(**common)
-                    w.deliver(pub)
+        if owners or watchers:
+            _notices.order_closed(o, owners, watchers)
 
     # ------------------------------------------------------------------------------------
     # administration and introspection (tests, journal, participants)
