@@ -558,6 +558,24 @@ def test_x5_isolation() -> None:
     assert own_a and all(n.ask_tonce is UNSET and n.ask_counter_fee is UNSET and n.bid_tonce == 77 for n in own_a)
 
 
+def test_x5_ten_thousand_cross_user_probes() -> None:
+    import random
+
+    h = _h(limits=LimitsSettings(enabled=False))
+    owner, prober = h.session(1), h.session(2)
+    ids = [h.place(owner, 10_000, 100_000 + i, tonce=i + 1).id for i in range(50)]  # type: ignore[attr-defined]
+    before = (h.ex.open_orders(1), h.ex.balances(1), h.ex.state_hash())
+    h.notices(owner)
+    not_found = ErrorReply(error_code=1, error_msg="The specified order was not found.")
+    rng = random.Random(4)
+    for i in range(10_000):
+        cmd = CancelOrder(id=rng.choice(ids)) if i % 2 else CancelOrder(tonce=rng.randrange(1, 52))
+        assert h.ex.handle(prober, cmd) == not_found
+    assert h.ex.handle(prober, GetOrders()).orders == []  # type: ignore[attr-defined]
+    assert h.notices(owner) == [] and h.notices(prober) == []
+    assert (h.ex.open_orders(1), h.ex.balances(1), h.ex.state_hash()) == before  # nothing changed
+
+
 def test_cancel_reply_fields() -> None:
     h = _h()
     s = h.session(1)
