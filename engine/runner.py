@@ -136,6 +136,8 @@ class Runner:
         self.errors: list[str] = []
         self.sent = {"place": 0, "cancel": 0}
         self.sessions = 0
+        self.recorder: Any = None
+        """With ``recording.enabled``: the backtests.recording writer of this session."""
 
     # -- clocks ----------------------------------------------------------------------------
 
@@ -162,6 +164,7 @@ class Runner:
                     nursery.start_soon(self._beat)
                 url, creds, insecure = await self._exchange(nursery)
                 self.url = url
+                self.recorder = self._open_recorder()
                 self.client = ReconnectingClient(
                     url, creds, governor=self._governor(), allow_insecure=insecure,
                     on_connected=self._reconcile, rng=random.Random(cfg.run.seed), dial=self._dial,
@@ -198,6 +201,8 @@ class Runner:
         finally:
             if watchdog is not None:
                 watchdog.stop()
+            if self.recorder is not None:
+                self.recorder.close()
         result = RunResult(exit_code, self.summary())
         if opts.summary_path is not None:
             opts.summary_path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,12 +303,42 @@ class Runner:
             if not all(b.ready for b in core.books.values()):
                 await self._books_ready.wait()
 
+    # -- recording (RecordingConfig; format: docs/RECORDING.md) -----------------------------
+
+    def _open_recorder(self) -> Any:
+        """A writer that gets every event of the notice stream with its receive time, so
+        the file holds exactly what the strategies saw (snapshots, notices, own notices)."""
+        cfg = self.config
+        if not cfg.recording.enabled or self.core is None:
+            return None
+        from backtests.recording import Header, RecordingWriter
+
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self.clock_us() / 1e6))
+        folder = Path(cfg.recording.path)
+        path = folder / f"run-{stamp}-seed{cfg.run.seed}.jsonl"
+        n = 1
+        while path.exists():
+            path = folder / f"run-{stamp}-seed{cfg.run.seed}-{n}.jsonl"
+            n += 1
+        header = Header(
+            markets=tuple(m.name for m in self.core.books), api_version=cfg.run.api_version,
+            source=("embedded:" if cfg.exchange.embedded else "") + (self.url or ""),
+            user_id=DEMO_USER_ID if cfg.exchange.embedded else cfg.exchange.user_id,
+            created_us=self.clock_us(),
+            meta={"recorder": "cftrade run", "seed": cfg.run.seed,
+                  "strategies": [s.name for s in cfg.strategies]},
+        )
+        log.info("recording this run to %s", path)
+        return RecordingWriter(path, header)
+
     # -- the event loop ----------------------------------------------------------------------
 
     async def _events(self) -> None:
         core, client = self.core, self.client
         assert core is not None and client is not None
         async for ev in client.notices:
+            if self.recorder is not None:
+                self.recorder.record(ev, self.clock_us())
             t = type(ev)
             if t is ReplyEvent:
                 assert isinstance(ev, ReplyEvent)
@@ -492,6 +527,8 @@ class Runner:
             "commands_sent": dict(self.sent),
             "errors": list(self.errors),
         }
+        if self.recorder is not None:
+            out["recording"] = str(self.recorder.path)
         if core is not None:
             out.update(core.summary())
             out["fills"] = len(core.fills)
