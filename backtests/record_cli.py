@@ -6,6 +6,8 @@
     cftrade record --out market.npz --url ws://127.0.0.1:8765/  # any Coinfloor-protocol endpoint
     cftrade record --out mm.jsonl --config configs/market_maker.yaml --duration 60
     cftrade record --generate --hours 2 --seed 7 --out 2h.npz   # simulated, virtual time, seconds
+    cftrade record --convert 2h.npz --out 2h.jsonl               # JSONL <-> npz (validated)
+    cftrade record --check 2h.jsonl                              # validate; problems with line numbers
 
 Live recording subscribes WatchOrders and WatchTicker for each market through the project's
 :class:`~engine.client.reconnect.ReconnectingClient` and writes every notice, snapshot and
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import random
@@ -326,13 +329,37 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--jitter-us", type=int, default=0, help="--generate: extra uniform receive delay")
     g.add_argument("--warmup", type=float, default=60.0, help="--generate: simulated seconds before subscribing")
     g.add_argument("--markets", nargs="+", metavar="MARKET", help="markets to record (default: see above)")
+    f = p.add_argument_group("files")
+    f.add_argument("--convert", metavar="SRC", help="convert SRC to --out (.npz: columnar, else JSONL)")
+    f.add_argument("--check", metavar="FILE", help="validate FILE and print the report as JSON")
     return p
+
+
+def _files(args: argparse.Namespace) -> int:
+    from backtests.recording import convert, load, validate
+
+    try:
+        if args.check:
+            report = validate(load(args.check, check=False))
+            print(json.dumps(report.summary(), indent=2))
+            return 0 if report.ok else 1
+        if not args.out:
+            print("cftrade record: --convert needs --out FILE", file=sys.stderr)
+            return 2
+        rec = convert(args.convert, args.out, compress=args.compress)
+    except CoinfloorError as e:
+        print(f"cftrade record: {e}", file=sys.stderr)
+        return 1
+    print(f"cftrade record: {len(rec)} lines converted to {args.out}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.check or args.convert:
+        return _files(args)
     if args.generate:
         from backtests import generate
 

@@ -581,3 +581,19 @@ def test_record_cli_generate(tmp_path, capsys):
     assert record_main(["--generate", "--hours", "0.02", "--seed", "4", "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["lines"] == len(load(out)) > 100
+
+
+def test_record_cli_check_and_convert(tmp_path, capsys):
+    src = _mixed(tmp_path)
+    assert record_main(["--convert", str(src), "--out", str(tmp_path / "m.npz")]) == 0
+    assert record_main(["--convert", str(tmp_path / "m.npz"), "--out", str(tmp_path / "m2.jsonl")]) == 0
+    assert (tmp_path / "m2.jsonl").read_bytes() == src.read_bytes()
+    capsys.readouterr()
+    assert record_main(["--check", str(tmp_path / "m.npz")]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    bad = write(tmp_path, lines(opened(2, 5, 1)))
+    assert record_main(["--check", str(bad)]) == 1
+    assert json.loads(capsys.readouterr().out)["first_problems"] == ["line 3: OrderOpened 2: the id is not new (seen on line 2)"]
+    assert record_main(["--convert", str(bad), "--out", str(tmp_path / "b.npz")]) == 1
+    assert "line 3: OrderOpened 2" in capsys.readouterr().err
+    assert record_main(["--convert", str(bad)]) == 2
