@@ -72,6 +72,7 @@ __all__ = [
     "EVF_HAS_ASK",
     "Recording",
     "events_from_notices",
+    "events_from_lines",
     "load_jsonl",
     "validate_events",
     "generate_lines",
@@ -194,15 +195,41 @@ def market_of(notices: Iterable[Notice], default: Market = XBT_GBP) -> Market:
     return default
 
 
+def events_from_lines(lines: Sequence[bytes | str], source: str = "<lines>") -> Recording:
+    """Decode recording lines (the WatchOrders reply, then notices) straight into events.
+
+    Decodes one line at a time into a preallocated array, so a large recording never holds
+    all its decoded notices at once.  Blank lines are skipped; errors name ``source:line``.
+    """
+    body = [i for i, s in enumerate(lines) if s.strip()]
+    if not body:
+        raise RemoteProtocolError(f"{source}: empty recording (expected a WatchOrders reply first)")
+    snapshot = decode_snapshot(lines[body[0]], f"{source}:{body[0] + 1}")
+    events = np.zeros(len(body) - 1, dtype=EVENT_DTYPE)
+    dec = CODEC.decode_server_frame
+    market: Market | None = None
+    last = 0
+    for j, i in enumerate(body[1:]):
+        try:
+            n = dec(lines[i])
+        except RemoteProtocolError as e:
+            raise RemoteProtocolError(f"{source}:{i + 1}: {e}", field=e.field) from None
+        if not isinstance(n, Notice):
+            raise RemoteProtocolError(f"{source}:{i + 1}: expected a notice, got a reply (tag {n.tag})")
+        if market is None and isinstance(n, OrderOpened | OrderClosed | OrdersMatched):
+            market = market_by_codes(n.base, n.counter)
+        r = _row(n, last)
+        last = r[0]
+        events[j] = (r[0], last) + r[1:]
+    return Recording(snapshot, market or XBT_GBP, events, len(lines))
+
+
 def load_jsonl(path: str | Path) -> Recording:
     """Read and validate a JSONL recording into a :class:`Recording`."""
     p = Path(path)
-    with p.open("rb") as fh:
-        lines = fh.read().splitlines()
-    snapshot, notices = decode_lines(lines, str(p))
-    events = events_from_notices(notices)
-    validate_events(events, str(p))
-    return Recording(snapshot, market_of(notices), events, len(lines))
+    rec = events_from_lines(p.read_bytes().splitlines(), str(p))
+    validate_events(rec.events, str(p))
+    return rec
 
 
 def validate_events(events: np.ndarray, source: str = "events") -> None:
