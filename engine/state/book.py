@@ -45,6 +45,7 @@ from engine.protocol.messages import (
     OrderClosed,
     OrderOpened,
     OrdersMatched,
+    WatchOrders,
     WatchOrdersReply,
 )
 from engine.scale import V2, XBT_GBP, Market, Scales
@@ -250,6 +251,15 @@ class Book:
         self._pending = []
         self._mkt_base = self._mkt_counter = -1
         self._refresh()
+
+    def watch_command(self, tag: int | None = None) -> WatchOrders:
+        """The ``WatchOrders`` command that subscribes to this book's feed (send it, then
+        feed every later frame in arrival order: the reply to :meth:`load_snapshot`, the
+        notices to :meth:`apply`)."""
+        base, counter = self.market.codes
+        if tag is None:
+            return WatchOrders(base=base, counter=counter, watch=True)
+        return WatchOrders(tag=tag, base=base, counter=counter, watch=True)
 
     def load_snapshot(self, snapshot: WatchOrdersReply | Sequence[BookOrder]) -> int:
         """Build the view from a WatchOrders reply (bids positive, asks negative quantity),

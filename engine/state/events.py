@@ -71,6 +71,7 @@ __all__ = [
     "EVF_HAS_BID",
     "EVF_HAS_ASK",
     "Recording",
+    "event_row",
     "events_from_notices",
     "events_from_lines",
     "load_jsonl",
@@ -100,8 +101,10 @@ EV_OTHER, EV_OPEN, EV_CLOSE, EV_MATCH = K.EV_OTHER, K.EV_OPEN, K.EV_CLOSE, K.EV_
 EVF_OWN, EVF_OWN_ASK, EVF_HAS_BID, EVF_HAS_ASK = K.EVF_OWN, K.EVF_OWN_ASK, K.EVF_HAS_BID, K.EVF_HAS_ASK
 
 
-def _row(n: Notice, last_time: int) -> tuple[int, ...]:
-    """(exch_time, id, price, quantity, remaining, ask_id, ask_remaining, total, kind, flags)."""
+def event_row(n: Notice, last_time: int) -> tuple[int, ...]:
+    """One notice as (exch_time, id, price, quantity, remaining, ask_id, ask_remaining,
+    total, kind, flags): EVENT_DTYPE without recv_time.  ``last_time`` is carried into
+    notices without a time of their own (OrderClosed, non-book notices)."""
     t = type(n)
     if t is OrderOpened:
         assert isinstance(n, OrderOpened)
@@ -129,6 +132,9 @@ def _row(n: Notice, last_time: int) -> tuple[int, ...]:
             f |= EVF_OWN_ASK
         return (n.time, bid, n.price, n.quantity, bid_rem, ask, ask_rem, n.total, EV_MATCH, f)
     return (last_time, 0, 0, 0, 0, 0, 0, 0, EV_OTHER, 0)
+
+
+_row = event_row  # the name backtests/recording.py imports
 
 
 def events_from_notices(
