@@ -209,7 +209,7 @@ def _rec(s):  # type: ignore[no-untyped-def]
 @njit(cache=True, inline="always")
 def _home(a, id_):  # type: ignore[no-untyped-def]
     tbits = _get(a, H_TBITS)
-    return (id_ ^ (id_ >> tbits)) & ((1 << tbits) - 1)
+    return ((id_ * _HASH_MULT) >> (64 - tbits)) & ((1 << tbits) - 1)
 
 
 @njit(cache=True, inline="always")
