@@ -184,6 +184,10 @@ class SweepSpec(ConfigStruct, frozen=True, kw_only=True):
     """Interval of the Sharpe/Sortino returns ("15m", "1h", "1d")."""
     seed: Annotated[int, Meta(ge=0)] | None = None
     """Replay seed (default: the config's run.seed)."""
+    order_latency_us: Annotated[int, Meta(ge=0)] = 0
+    """Replay order latency (strategy -> exchange), microseconds."""
+    feed_latency_us: Annotated[int, Meta(ge=0)] = 0
+    """Replay feed latency (exchange -> strategy), microseconds."""
     walk_forward: WalkForward | None = None
     """Optional walk-forward folds."""
     top: Annotated[int, Meta(ge=1)] = 20
@@ -305,9 +309,30 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     """(start_us, end_us) the strategies trade in, or None for the whole recording."""
     interval: str = "1h"
     strategy: str | None = None
+    order_latency_us: int = 0
+    feed_latency_us: int = 0
 
 
 BacktestFn = Callable[[RunConfig, Task], BacktestResult]
+
+
+_DATA_CACHE: dict[tuple[str, int, int], Any] = {}
+_DATA_CACHE_SIZE = 4
+
+
+def _replay_data(path: str) -> Any:
+    """The decoded recording, loaded once per process (a pool worker runs many tasks on it)."""
+    import importlib
+
+    replay: Any = importlib.import_module("backtests.replay")
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    data = _DATA_CACHE.get(key)
+    if data is None:
+        if len(_DATA_CACHE) >= _DATA_CACHE_SIZE:
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+        data = _DATA_CACHE[key] = replay.load_recording(path)
+    return data
 
 
 def default_backtest(config: RunConfig, task: Task) -> BacktestResult:
@@ -315,9 +340,13 @@ def default_backtest(config: RunConfig, task: Task) -> BacktestResult:
     import importlib
 
     replay: Any = importlib.import_module("backtests.replay")
-    return replay.run_backtest(  # type: ignore[no-any-return]
-        config, task.recording, seed=task.seed, window=task.window, config_path=task.config_name,
-    )
+    start, end = task.window if task.window is not None else (None, None)
+    options = replay.ReplayOptions(seed=task.seed, start_us=start, end_us=end, order_latency_us=task.order_latency_us,
+                                   feed_latency_us=task.feed_latency_us)
+    result: BacktestResult = replay.run_backtest(config, _replay_data(task.recording), options)
+    result.config_path = task.config_name
+    result.data_path = task.recording
+    return result
 
 
 def run_task(task: Task, backtest: BacktestFn | None = None) -> dict[str, Any]:
@@ -451,11 +480,9 @@ def _windows(span: tuple[int, int], wf: WalkForward) -> list[tuple[tuple[int, in
 
 
 def recording_span(path: str) -> tuple[int, int]:
-    """(first, last) receive time in µs of a recording."""
-    import importlib
-
-    recording: Any = importlib.import_module("backtests.recording")
-    return recording.time_span(path)  # type: ignore[no-any-return]
+    """(first, last) receive time in µs of a recording, as the replay engine reads it."""
+    data = _replay_data(path)
+    return (int(data.start_us), int(data.end_us))
 
 
 def run_sweep(
@@ -491,7 +518,8 @@ def run_sweep(
     def task(i: int, set_i: int, rec_i: int, **kw: Any) -> Task:
         return Task(index=i, set_index=set_i, config_text=texts[set_i], config_name=spec.config, base_dir=base_dir,
                     recording=spec.recordings[rec_i], recording_index=rec_i, seed=seed, interval=spec.interval,
-                    strategy=strategy, **kw)
+                    strategy=strategy, order_latency_us=spec.order_latency_us,
+                    feed_latency_us=spec.feed_latency_us, **kw)
 
     larger = spec.larger_is_better
     folds: list[dict[str, Any]] = []

@@ -35,14 +35,15 @@ def _parser() -> argparse.ArgumentParser:
 def ranking_table(result: SweepResult, top: int) -> str:
     """The first ``top`` rows of the ranking as a plain-text table."""
     keys = list(result.sets[0]) if result.sets else []
-    head = ["rank", "set", *keys, result.spec.objective, "net_pnl", "fills", "errors"]
+    obj = result.spec.objective
+    head = ["rank", "set", *keys, obj, *(["net_pnl"] if obj != "net_pnl" else []), "fills", "errors"]
     rows = [head]
     for r in result.ranking[:top]:
         score = "-" if r["score"] is None else f"{r['score']:.6g}"
         net = "-" if r["net_pnl"] is None else f"{r['net_pnl']:.2f}"
         fills = "-" if r["fills"] is None else f"{r['fills']:.1f}"
-        rows.append([str(r["rank"]), str(r["set"]), *(str(r["params"][k]) for k in keys), score, net, fills,
-                     str(r["errors"])])
+        rows.append([str(r["rank"]), str(r["set"]), *(str(r["params"][k]) for k in keys), score,
+                     *([net] if obj != "net_pnl" else []), fills, str(r["errors"])])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows)
 
