@@ -597,3 +597,72 @@ def test_record_cli_check_and_convert(tmp_path, capsys):
     assert record_main(["--convert", str(bad), "--out", str(tmp_path / "b.npz")]) == 1
     assert "line 3: OrderOpened 2" in capsys.readouterr().err
     assert record_main(["--convert", str(bad)]) == 2
+
+
+class _Cuttable(trio.abc.Stream):
+    """One end of a memory link that can be cut: then reads see EOF and writes fail."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.cut = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.cut:
+            raise trio.BrokenResourceError("link cut")
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.cut:
+            await trio.lowlevel.checkpoint()
+            return b""
+        data = await self.inner.receive_some(max_bytes)
+        return b"" if self.cut else data
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_dropped_connection_is_a_gap_then_fresh_snapshots(tmp_path, autojump_clock):
+    from engine.exchange.cli import load_config
+    from engine.exchange.core import Exchange
+    from engine.exchange.server import ExchangeServer
+    from engine.protocol.messages import CancelOrder, PlaceOrder
+
+    cfg = load_config(EXCHANGE_YAML)
+    exchange = Exchange(cfg.exchange_settings(participants=False), clock_us=lambda: int(trio.current_time() * 1e6) + T0,
+                        rng=__import__("random").Random(1))
+    server = ExchangeServer(exchange)
+    trader = exchange.open_internal_session(1)
+    links: list[tuple[_Cuttable, _Cuttable]] = []
+    async with trio.open_nursery() as nursery:
+        async def dial(target: Any) -> trio.abc.Stream:
+            a, b = trio.testing.memory_stream_pair()
+            link = (_Cuttable(a), _Cuttable(b))
+            links.append(link)
+            nursery.start_soon(server.handle_stream, link[1])
+            return link[0]
+
+        recorder = await nursery.start(record, RecordOptions(out=tmp_path / "g.jsonl", url="ws://127.0.0.1:9/",
+                                                             dial=dial, handle_signals=False))
+        place = [exchange.handle(trader, PlaceOrder(base=B, counter=C, quantity=1000 * (i + 1), price=3000000 + i))
+                 for i in range(3)]
+        await trio.sleep(1)
+        for end in links[0]:  # the connection dies ...
+            end.cut = True
+        exchange.handle(trader, CancelOrder(id=place[0].id))  # ... and this close is never seen
+        exchange.handle(trader, PlaceOrder(base=B, counter=C, quantity=-500, price=3100000))
+        await trio.sleep(5)  # backoff, reconnect, re-subscribe
+        exchange.handle(trader, CancelOrder(id=place[1].id))
+        await trio.sleep(1)
+        recorder.stop()
+    assert len(links) == 2
+    rec = load(tmp_path / "g.jsonl")
+    report = validate(rec)
+    assert report.counts["gaps"] == 1 and report.counts["snapshots"] == 2
+    gap = int(np.flatnonzero(rec.line_type == LT_GAP)[0])
+    assert rec.message(gap).reason.startswith("session 1 ended")
+    assert rec.snap_rows.tolist()[1] > gap  # the new snapshot comes after the gap
+    assert replay_book(rec, XBT_GBP).orders()["quantity"].tolist() == [3000, -500]

@@ -587,15 +587,21 @@ class _Connection:
         ws = self.ws
         counters = self.server._c
         batched = _can_batch(ws)
-        while True:
-            frames = await self.outbox.get_all()
-            if batched:
-                for i in range(0, len(frames), SEND_BATCH):
-                    await _send_batch(ws, frames[i : i + SEND_BATCH])
-            else:
-                for frame in frames:
-                    await ws.send_message(frame)
-            counters.frames_sent += len(frames)
+        try:
+            while True:
+                frames = await self.outbox.get_all()
+                if batched:
+                    for i in range(0, len(frames), SEND_BATCH):
+                        await _send_batch(ws, frames[i : i + SEND_BATCH])
+                else:
+                    for frame in frames:
+                        await ws.send_message(frame)
+                counters.frames_sent += len(frames)
+        except ConnectionClosed:
+            # The peer vanished with frames queued (a reset, a cut link): the reader sees
+            # the same closure and ends the connection.  Raising here would escape
+            # handle_stream and take serve_listeners, i.e. every connection, down with it.
+            return
 
     async def _idle_watchdog(self) -> None:
         timeout = self.server.options.idle_timeout
