@@ -666,3 +666,14 @@ async def test_a_dropped_connection_is_a_gap_then_fresh_snapshots(tmp_path, auto
     assert rec.message(gap).reason.startswith("session 1 ended")
     assert rec.snap_rows.tolist()[1] > gap  # the new snapshot comes after the gap
     assert replay_book(rec, XBT_GBP).orders()["quantity"].tolist() == [3000, -500]
+
+
+def test_the_documented_minimal_file_is_valid(tmp_path):
+    doc = (EXCHANGE_YAML.parents[1] / "docs" / "RECORDING.md").read_text()
+    block = doc.split("### 1.4 A complete minimal file\n\n```\n", 1)[1].split("```", 1)[0]
+    p = tmp_path / "doc.jsonl"
+    p.write_text(block)
+    rec = load(p)
+    report = validate(rec)
+    assert report.ok and report.takers == 1 and len(rec) == 5
+    assert replay_book(rec, XBT_GBP).orders()["id"].tolist() == [1, 3]
