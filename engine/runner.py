@@ -136,6 +136,8 @@ class Runner:
         self.errors: list[str] = []
         self.sent = {"place": 0, "cancel": 0}
         self.sessions = 0
+        self._status_lines = 0
+        self.startup_s = 0.0
         self.recorder: Any = None
         """With ``recording.enabled``: the backtests.recording writer of this session."""
 
@@ -176,6 +178,8 @@ class Runner:
                     await self.client.watch_orders(m.base.code, m.counter.code)
                     await self.client.watch_ticker(m.base.code, m.counter.code)
                 await self._barrier()
+                self.startup_s = trio.current_time() - self._t0
+                self._t0 = trio.current_time()  # status and elapsed_s count trading time
                 self.core.start()
                 self._flush()
                 self._started.set()
@@ -203,6 +207,10 @@ class Runner:
                 watchdog.stop()
             if self.recorder is not None:
                 self.recorder.close()
+            if self.core is not None:
+                # Release the user's tonce lock: a restart in the same process (a supervisor,
+                # a test) must be able to take it again.
+                self.core.tonces.close()
         result = RunResult(exit_code, self.summary())
         if opts.summary_path is not None:
             opts.summary_path.parent.mkdir(parents=True, exist_ok=True)
@@ -522,6 +530,7 @@ class Runner:
         out: dict[str, Any] = {
             "exchange": self.url,
             "embedded": self.config.exchange.embedded,
+            "startup_s": round(self.startup_s, 3),
             "elapsed_s": round(trio.current_time() - self._t0, 3) if self._t0 else 0.0,
             "sessions": self.sessions,
             "commands_sent": dict(self.sent),
@@ -593,9 +602,13 @@ def _render_status(runner: Runner) -> None:
             f"  {name:<14} {s['state']:<8} pos {s['position']:>12}  pnl {s['net_pnl']:>10}  "
             f"open {s['orders_open']:>3}  fills {s['trades']:>4}  denied {s['denials']}"
         )
-    lines.append(f"  order budget left: {st.user_tokens_left}")
-    sys.stderr.write("\n".join(lines) + "\n")
+    lines.append(f"  rate headroom: {st.user_tokens_left}/{st.user_budget.count} order commands per "
+                 f"{st.user_budget.per:g} s; sessions {runner.sessions}; kill: {st.kill_reason or 'off'}")
+    # redraw in place: move up over the previous block and clear it (ANSI CPL + ED)
+    prev = runner._status_lines
+    sys.stderr.write((f"\x1b[{prev}F\x1b[J" if prev else "") + "\n".join(lines) + "\n")
     sys.stderr.flush()
+    runner._status_lines = len(lines)
 
 
 def _px(value: int | None, market: Market) -> str:
