@@ -3,7 +3,9 @@
 A sweep is a YAML file (loaded by the strict :mod:`engine.configload` loader)::
 
     config: ../configs/market_maker.yaml     # the base run config
-    recordings: [calm.jsonl, busy.jsonl]     # one or more recordings (paths relative to this file)
+    recordings:                              # one or more (paths relative to this file)
+      - calm.jsonl
+      - {exchange: market.yaml, seed: 7, hours: 2}   # or made by the seeded generator first
     grid:                                    # every combination (or `random:`, below)
       strategies[0].params.half_spread: ["1.00", "2.00", "3.00"]
       strategies[0].params.size: ["0.01", "0.02"]
@@ -69,6 +71,7 @@ __all__ = [
     "Range",
     "SweepResult",
     "SweepSpec",
+    "GeneratedRecording",
     "Task",
     "WalkForward",
     "apply_params",
@@ -162,13 +165,45 @@ class WalkForward(ConfigStruct, frozen=True, kw_only=True):
     """Train on every window before the test window (true) or on the one just before it (false)."""
 
 
+class GeneratedRecording(ConfigStruct, frozen=True, kw_only=True):
+    """A recording made by the seeded generator (backtests.generate) before the sweep runs."""
+
+    exchange: ConfigPath
+    """Exchange + participants YAML of the simulated market."""
+    seed: Annotated[int, Meta(ge=0)]
+    """Generator seed."""
+    hours: Annotated[float, Meta(gt=0, le=48)]
+    """Simulated hours."""
+    markets: tuple[str, ...] | None = None
+    """Markets to record (default: every market the participants trade)."""
+    feed_latency_us: Annotated[int, Meta(ge=0)] = 1000
+    """Exchange event -> receive time in the recording."""
+
+    def make(self, cache: Path) -> str:
+        """The recording's path in ``cache``, generated unless already there (same spec, same bytes)."""
+        import hashlib
+
+        from backtests.generate import GenerateOptions, generate
+
+        key = hashlib.sha256(msgspec.json.encode(self) + Path(self.exchange).read_bytes()).hexdigest()[:16]
+        path = cache / f"generated-{key}.jsonl"
+        if not path.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            generate(tmp, GenerateOptions(hours=self.hours, seed=self.seed, config=self.exchange, markets=self.markets,
+                                          feed_latency_us=self.feed_latency_us))
+            tmp.replace(path)
+        return str(path)
+
+
 class SweepSpec(ConfigStruct, frozen=True, kw_only=True):
     """A parameter sweep (see the module docstring)."""
 
     config: ConfigPath
     """The base run config (a `cftrade run` YAML file)."""
-    recordings: Annotated[tuple[ConfigPath, ...], Meta(min_length=1)]
-    """Recordings to backtest on (JSON Lines or the columnar format)."""
+    recordings: Annotated[tuple[ConfigPath | GeneratedRecording, ...], Meta(min_length=1)]
+    """Recordings to backtest on: a file (JSON Lines or the columnar format), or a mapping
+    {exchange, seed, hours} for a recording the seeded generator makes before the sweep."""
     grid: Annotated[dict[ParamPath, Annotated[list[Any], Meta(min_length=1)]], Meta(min_length=1)] | None = None
     """Grid search: path -> list of values; every combination runs."""
     random: RandomSearch | None = None
@@ -428,6 +463,8 @@ class SweepResult(msgspec.Struct, kw_only=True):
     """What a sweep produced: the sets, every run, the ranking and the walk-forward folds."""
 
     spec: SweepSpec
+    recordings: list[str]
+    """The recordings' paths (generated ones included), indexed by each run's ``recording``."""
     sets: list[dict[str, Any]]
     runs: list[dict[str, Any]]
     ranking: list[dict[str, Any]]
@@ -493,12 +530,19 @@ def run_sweep(
     backtest: BacktestFn | None = None,
     progress: Progress | None = None,
     span: Callable[[str], tuple[int, int]] = recording_span,
+    data_dir: str | Path | None = None,
 ) -> SweepResult:
     """Run every task of ``spec`` and rank the parameter sets (see the module docstring).
 
     ``backtest`` replaces the replay engine (it must be picklable: a module-level function)
     and ``span`` the recording time-span reader; both exist for tests and other engines.
+    Generated recordings are made once into ``data_dir`` (default: a ``cftrade-sweep-data``
+    directory in the system temp dir) and reused by later sweeps with the same spec.
     """
+    if data_dir is None:
+        import tempfile
+
+        data_dir = Path(tempfile.gettempdir()) / "cftrade-sweep-data"
     t_start = time.perf_counter()
     base = load(spec.config, RunConfig, resolve_secrets=False)
     names = [s.name for s in base.strategies]
@@ -507,9 +551,14 @@ def run_sweep(
     if spec.strategy is None and len(names) > 1:
         raise ConfigError(f"{spec.config} has {len(names)} strategies: name the one to rank by with 'strategy'")
     strategy = spec.strategy or names[0]
+    recordings: list[str] = []
     for rec in spec.recordings:
-        if not Path(rec).exists():
+        if isinstance(rec, GeneratedRecording):
+            recordings.append(rec.make(Path(data_dir)))
+        elif not Path(rec).exists():
             raise ConfigError(f"recording {rec} does not exist")
+        else:
+            recordings.append(rec)
     sets = parameter_sets(spec)
     base_dir = str(Path(spec.config).parent)
     texts = [apply_params(base, s, filename=spec.config, base_dir=base_dir) for s in sets]
@@ -517,23 +566,23 @@ def run_sweep(
 
     def task(i: int, set_i: int, rec_i: int, **kw: Any) -> Task:
         return Task(index=i, set_index=set_i, config_text=texts[set_i], config_name=spec.config, base_dir=base_dir,
-                    recording=spec.recordings[rec_i], recording_index=rec_i, seed=seed, interval=spec.interval,
+                    recording=recordings[rec_i], recording_index=rec_i, seed=seed, interval=spec.interval,
                     strategy=strategy, order_latency_us=spec.order_latency_us,
                     feed_latency_us=spec.feed_latency_us, **kw)
 
     larger = spec.larger_is_better
     folds: list[dict[str, Any]] = []
     if spec.walk_forward is None:
-        tasks = [task(si * len(spec.recordings) + ri, si, ri)
-                 for si in range(len(sets)) for ri in range(len(spec.recordings))]
+        tasks = [task(si * len(recordings) + ri, si, ri)
+                 for si in range(len(sets)) for ri in range(len(recordings))]
         runs = _execute(tasks, workers=workers, scheduler=scheduler, backtest=backtest, progress=progress)
         ranked_runs = runs
     else:
-        wins = [_windows(span(r), spec.walk_forward) for r in spec.recordings]
+        wins = [_windows(span(r), spec.walk_forward) for r in recordings]
         train_tasks: list[Task] = []
         for fold in range(spec.walk_forward.folds):
             for si in range(len(sets)):
-                for ri in range(len(spec.recordings)):
+                for ri in range(len(recordings)):
                     train_tasks.append(task(len(train_tasks), si, ri, role="train", fold=fold, window=wins[ri][fold][0]))
         runs = _execute(train_tasks, workers=workers, scheduler=scheduler, backtest=backtest, progress=progress)
         best_of_fold = []
@@ -543,9 +592,9 @@ def run_sweep(
             best = _rank(scores, larger)[0]
             best_of_fold.append((best, scores[best]))
         # the chosen set of each fold on its test windows (task indices restart at 0 per batch)
-        test_tasks = [task(fold * len(spec.recordings) + ri, best_of_fold[fold][0], ri, role="test", fold=fold,
+        test_tasks = [task(fold * len(recordings) + ri, best_of_fold[fold][0], ri, role="test", fold=fold,
                            window=wins[ri][fold][1])
-                      for fold in range(spec.walk_forward.folds) for ri in range(len(spec.recordings))]
+                      for fold in range(spec.walk_forward.folds) for ri in range(len(recordings))]
         test_runs = _execute(test_tasks, workers=workers, scheduler=scheduler, backtest=backtest, progress=progress)
         for r in test_runs:
             r["index"] += len(runs)
@@ -574,7 +623,7 @@ def run_sweep(
         for key in ("net_pnl", "sharpe", "max_drawdown", "fills", "fees"):
             row[key] = _score(mine, key) if key != spec.objective else scores[si]
         ranking.append(row)
-    return SweepResult(spec=spec, sets=sets, runs=runs, ranking=ranking, folds=folds,
+    return SweepResult(spec=spec, recordings=recordings, sets=sets, runs=runs, ranking=ranking, folds=folds,
                        wall_seconds=time.perf_counter() - t_start, workers=workers, scheduler=scheduler)
 
 
@@ -616,7 +665,7 @@ def write_runs_csv(result: SweepResult, path: str | Path) -> Path:
         for r in result.runs:
             m = r.get("metrics") or {}
             win = r["window"] or (None, None)
-            w.writerow([r["set"], result.spec.recordings[r["recording"]], r["role"], _fmt(r["fold"]),
+            w.writerow([r["set"], result.recordings[r["recording"]], r["role"], _fmt(r["fold"]),
                         _fmt(win[0]), _fmt(win[1]), *(_fmt(m.get(k)) for k in metric_keys), _fmt(r.get("events")),
                         _fmt(r["seconds"]), r.get("final_hash") or "", r["error"] or ""])
     return p

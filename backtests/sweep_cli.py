@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local worker processes (default: CPU count; 0 runs in this process)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: sweep-<name>/ beside the sweep file)")
+    p.add_argument("--data-dir", metavar="DIR", help="where generated recordings are made and kept "
+                   "(default: cftrade-sweep-data in the temp dir)")
     p.add_argument("--no-plot", action="store_true", help="skip ranking.png")
     p.add_argument("--top", type=int, default=10, metavar="K", help="rows of the ranking to print (default 10)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -56,7 +58,8 @@ def main(argv: list[str]) -> int:
         if workers < 0:
             raise ConfigError(f"--workers must be >= 0, was {workers}")
         progress = None if args.quiet else progress_bar(sys.stderr)
-        result = run_sweep(spec, workers=workers, scheduler=args.scheduler, progress=progress)
+        result = run_sweep(spec, workers=workers, scheduler=args.scheduler, progress=progress,
+                           data_dir=args.data_dir)
     except ConfigError as e:
         print(f"cftrade sweep: {e}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -256,3 +257,93 @@ def test_sweep_refuses_missing_recordings_and_unknown_strategy(tmp_path):
     (tmp_path / "rec0.jsonl").unlink()
     with pytest.raises(ConfigError, match="rec0.jsonl does not exist"):
         run_sweep(spec, workers=0, backtest=fake_backtest)
+
+
+# -- the real replay engine ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """The calm scenario's recording: 30 simulated minutes, about 8,000 events."""
+    from backtests.scenarios import load_scenario, make_data
+
+    sc = load_scenario("mm_calm")
+    path = tmp_path_factory.mktemp("rec") / "calm.jsonl"
+    make_data(sc, path)
+    return path, sc
+
+
+def test_cli_sweep_with_the_replay_engine(recording, tmp_path, capsys):
+    from backtests.replay import ReplayOptions, run_backtest
+    from backtests.sweep_cli import main
+
+    path, sc = recording
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(textwrap.dedent(f"""
+        config: "{sc.spec.config}"
+        recordings: ["{path}"]
+        grid:
+          strategies[0].params.half_spread: ["1.00", "4.00"]
+        objective: net_pnl
+        interval: "5m"
+        seed: 1
+    """))
+    assert main([str(sweep), "--workers", "0", "--quiet", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "2 sets x 1 recording(s): 2 runs" in out
+    with (tmp_path / "out" / "runs.csv").open() as fh:
+        runs = {r["set"]: r for r in csv.DictReader(fh)}
+    assert runs.keys() == {"0", "1"} and all(r["error"] == "" for r in runs.values())
+    # a sweep run is exactly the backtest of the config with its parameters applied
+    base = load_run_config(sc.spec.config, resolve_secrets=False)
+    text = apply_params(base, {"strategies[0].params.half_spread": "4.00"}, filename=sc.spec.config,
+                        base_dir=Path(sc.spec.config).parent)
+    cfg = loads(text, RunConfig, filename=sc.spec.config, resolve_secrets=False)
+    direct = run_backtest(cfg, path, ReplayOptions(seed=1))
+    assert runs["1"]["final_hash"] == direct.final_hash
+    assert int(runs["1"]["fills"]) == len(direct.fills) > 0
+    assert runs["0"]["final_hash"] != runs["1"]["final_hash"]
+
+
+def test_walk_forward_with_the_replay_engine(recording, tmp_path):
+    path, sc = recording
+    spec = _sweep(tmp_path, """
+        grid:
+          strategies[0].params.half_spread: ["1.00", "4.00"]
+        walk_forward: {folds: 2}
+    """)
+    spec = msgspec.structs.replace(spec, recordings=(str(path),), config=sc.spec.config)
+    res = run_sweep(spec, workers=0)
+    assert not res.errors
+    assert len(res.folds) == 2 and len(res.runs) == 2 * 2 + 2
+    train = [r for r in res.runs if r["role"] == "train"]
+    # the folds cut the recording into three equal windows; each window trades on its own
+    w = [r["window"] for r in train if r["set"] == 0]
+    assert w[0][1] == w[1][0] and w[0][1] - w[0][0] == pytest.approx(w[1][1] - w[1][0], abs=1)
+    assert len({r["final_hash"] for r in train}) == len(train)
+
+
+
+def test_generated_recordings_are_made_once_and_reused(tmp_path):
+    from backtests.scenarios import DIR
+
+    ex = DIR / "mm_calm" / "exchange.yaml"
+    p = tmp_path / "sweep.yaml"
+    p.write_text(f'config: "{ROOT / "configs" / "market_maker.yaml"}"\n'
+                 f'recordings: [{{exchange: "{ex}", seed: 3, hours: 0.02, markets: ["XBT:GBP"]}}]\n' + GRID)
+    spec = load_sweep(p)
+    first = run_sweep(spec, workers=0, backtest=fake_backtest, data_dir=tmp_path / "data")
+    made = Path(first.recordings[0])
+    assert made.parent == tmp_path / "data" and made.stat().st_size > 10_000
+    stamp = made.stat().st_mtime_ns
+    again = run_sweep(spec, workers=0, backtest=fake_backtest, data_dir=tmp_path / "data")
+    assert again.recordings == first.recordings and made.stat().st_mtime_ns == stamp
+    other = load_sweep(p.write_text(p.read_text().replace("seed: 3", "seed: 4")) and p)
+    assert run_sweep(other, workers=0, backtest=fake_backtest, data_dir=tmp_path / "data").recordings != first.recordings
+
+
+def test_the_shipped_example_sweep_loads():
+    from backtests.scenarios import DIR
+
+    spec = load_sweep(DIR / "mm_calm" / "sweep.yaml")
+    assert len(parameter_sets(spec)) == 10 and len(spec.recordings) == 2
