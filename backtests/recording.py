@@ -88,7 +88,7 @@ from engine.state.events import (
     EVF_OWN,
     EVF_OWN_ASK,
 )
-from engine.state.events import _row as _event_row  # the one notice -> EVENT_DTYPE mapping
+from engine.state.events import event_row as _event_row  # the one notice -> EVENT_DTYPE mapping
 
 __all__ = [
     "FORMAT",
