@@ -364,6 +364,7 @@ class BadOutput(Strategy):
             PlaceMarket(Side.BUY, quantity=10**15),
             PlaceLimit(Side.BUY, mid, True),  # type: ignore[arg-type]
         ]
+        self.intents = bad
         for intent in bad:
             self.refs.append(ctx.emit(intent))
 
@@ -397,15 +398,15 @@ class Crasher(Strategy):
 
 
 class Churn(Strategy):
-    """Rests one bid far below the market and crosses the spread every timer tick (alternating
-    sides): a sure loser, to trip ``max_loss``."""
+    """Rests one bid far below the market and buys at market every timer tick: a sure
+    loser (half the spread plus the taker fee each time), to trip ``max_loss``.  It only
+    buys, so its market orders can never meet its own resting bid (self_cross)."""
 
     class Config(StrategyConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
         size: str = "0.01"
         timer_interval: float | None = 5.0
 
     def on_start(self, ctx: Context) -> None:
-        self.side = Side.BUY
         self.rest = 0
 
     def on_book(self, ctx: Context) -> None:
@@ -414,8 +415,7 @@ class Churn(Strategy):
             self.rest = ctx.buy(bid - ctx.price("80.00"), ctx.amount(self.p.size))  # type: ignore[attr-defined]
 
     def on_timer(self, ctx: Context) -> None:
-        ctx.market_order(self.side, quantity=ctx.amount(self.p.size))  # type: ignore[attr-defined]
-        self.side = self.side.opposite
+        ctx.market_order(Side.BUY, quantity=ctx.amount(self.p.size))  # type: ignore[attr-defined]
 
 
 def every(interval: float, fn: Callable[[], None]) -> Callable[..., Any]:
@@ -427,3 +427,78 @@ def every(interval: float, fn: Callable[[], None]) -> Callable[..., Any]:
             await trio.sleep(interval)
 
     return task
+
+
+# -- running with a companion task ----------------------------------------------------------
+
+
+async def run_with(runner: Runner, during: Callable[[Runner], Any] | None = None) -> Any:
+    """Run ``runner`` to its end; once its strategies have started, run ``during(runner)``
+    (an async function) beside it.  Returns the :class:`RunResult`.  If the run ends
+    before ``during`` does, ``during`` is cancelled and the test fails (it waited for
+    something that never happened)."""
+    results: list[Any] = []
+    scope = trio.CancelScope()
+    finished = during is None
+
+    async def go(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        results.append(await runner.run(task_status=task_status))
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(go)
+        if during is not None:
+            with scope:
+                await during(runner)
+                finished = True
+    assert finished, f"the run ended before the test's companion task did: {results[0].summary}"
+    return results[0]
+
+
+class Halts(list[tuple[float, "str | None", str]]):
+    """Recorded halts (time, strategy name or None for the global kill, reason)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = trio.Event()
+
+    def add(self, item: tuple[float, str | None, str]) -> None:
+        self.append(item)
+        self.event.set()
+
+    async def wait(self) -> tuple[float, str | None, str]:
+        """The first halt, once there is one."""
+        await self.event.wait()
+        return self[0]
+
+
+def record_halts(runner: Runner) -> Halts:
+    """Wrap the runner's risk governor so every halt is recorded as (time, name, reason);
+    ``name`` is None for the global kill."""
+    core = runner.core
+    assert core is not None
+    risk: Any = core.risk
+    halts = Halts()
+    halt, halt_one = risk.halt, risk._halt_one
+
+    def wrapped_halt(name: str | None, reason: str) -> None:
+        if name is None and risk.statistics().kill_reason is None:
+            halts.add((trio.current_time(), None, str(reason)))
+        halt(name, reason)
+
+    def wrapped_halt_one(s: Any, reason: str) -> bool:
+        done = halt_one(s, reason)
+        if done:
+            halts.add((trio.current_time(), s.name, reason))
+        return bool(done)
+
+    risk.halt = wrapped_halt
+    risk._halt_one = wrapped_halt_one
+    return halts
+
+
+def strategy_of(runner: Runner, tonce: int) -> str | None:
+    core = runner.core
+    assert core is not None
+    o = core.tracker.by_tonce(tonce)
+    return None if o is None else o.strategy
