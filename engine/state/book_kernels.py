@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 from numba import njit, types
 from numba.core import cgutils
+from numba.core.options import DefaultOptions
 from numba.cpython.unsafe.numbers import trailing_zeros as _tz
 from numba.extending import intrinsic
 
@@ -149,6 +150,19 @@ def new_arena(capacity: int, window: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
+# Compilation modes.  The hot kernels take arrays from their caller and never allocate, so
+# they are compiled without numba's reference counting (NRT): with it, the IR inlining of
+# the helpers below leaves an atomic NRT_incref/NRT_decref pair around most helper calls
+# (numba's refcount pruning cannot remove them across the branches), which measured 23 %
+# of the batch path.  ``_nrt`` is a numba target option (numba/core/options.py); should a
+# numba release drop it, the kernels simply compile with reference counting again.
+
+_NO_NRT: dict[str, Any] = {"_nrt": False} if hasattr(DefaultOptions, "_nrt") else {}
+_inline = njit(cache=True, inline="always", **_NO_NRT)
+_hot = njit(cache=True, **_NO_NRT)
+
+
+# ---------------------------------------------------------------------------------------
 # Unchecked arena access.  Numba wraps every signed index (``a[i]`` with ``i < 0`` means
 # ``a[len + i]``), which costs three instructions per access; the hot path makes ~30
 # accesses per event and every index it computes is in range by construction.
@@ -191,7 +205,7 @@ _get: Any = intrinsic(_get_typer)
 _put: Any = intrinsic(_put_typer)
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _add(a, i, d):  # type: ignore[no-untyped-def]
     _put(a, i, _get(a, i) + d)
 
@@ -201,18 +215,18 @@ def _add(a, i, d):  # type: ignore[no-untyped-def]
 # arena struct and keep LLVM from optimising across them; measured 25 % slower).
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _rec(s):  # type: ignore[no-untyped-def]
     return H_WORDS + REC_WORDS * s
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _home(a, id_):  # type: ignore[no-untyped-def]
     tbits = _get(a, H_TBITS)
     return ((id_ * _HASH_MULT) >> (64 - tbits)) & ((1 << tbits) - 1)
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _find(a, id_):  # type: ignore[no-untyped-def]
     """(position, position) of ``id_``'s record; (-1, the empty position) when absent."""
     mask = _get(a, H_TSIZE) - 1
@@ -226,7 +240,7 @@ def _find(a, id_):  # type: ignore[no-untyped-def]
         h = (h + 1) & mask
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _tab_delete(a, h):  # type: ignore[no-untyped-def]
     """Backward-shift deletion of the record at position ``h``."""
     mask = _get(a, H_TSIZE) - 1
@@ -252,7 +266,7 @@ def _tab_delete(a, h):  # type: ignore[no-untyped-def]
     _put(a, _rec(i) + S_KEY, 0)
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _next_level(a, s, start):  # type: ignore[no-untyped-def]
     """Index of the first non-empty level >= ``start`` of side ``s``, or W."""
     w = _get(a, H_W)
@@ -270,7 +284,7 @@ def _next_level(a, s, start):  # type: ignore[no-untyped-def]
     return (wi << 6) + _ctz(word)
 
 
-@njit(cache=True)
+@_hot
 def _recentre(a, s):  # type: ignore[no-untyped-def]
     """Rebuild side ``s``'s window from the records, its best key W/4 from the start."""
     w = a[H_W]
@@ -320,7 +334,7 @@ def _recentre(a, s):  # type: ignore[no-untyped-def]
 # than the best one, or a recentre), so that the touch is recomputed only then.
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _add_live(a, s, k, q):  # type: ignore[no-untyped-def]
     """An order already in the table (side ``s``, key ``k``) becomes live with ``q`` > 0."""
     w = _get(a, H_W)
@@ -344,7 +358,7 @@ def _add_live(a, s, k, q):  # type: ignore[no-untyped-def]
     return 1 if idx <= best else 0
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _sub_live(a, s, k, q):  # type: ignore[no-untyped-def]
     """A live order (side ``s``, key ``k``, remaining ``q`` > 0) stops being live.
 
@@ -374,7 +388,7 @@ def _sub_live(a, s, k, q):  # type: ignore[no-untyped-def]
     return 1 if idx == best else 0
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _set_rem(a, h, new):  # type: ignore[no-untyped-def]
     """Set the remaining quantity of the order at position ``h``, keeping the levels right."""
     o = _rec(h)
@@ -396,7 +410,7 @@ def _set_rem(a, h, new):  # type: ignore[no-untyped-def]
     return _add_live(a, s, k, new)
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _remove(a, h):  # type: ignore[no-untyped-def]
     """Delete the order at table position ``h`` from the view."""
     o = _rec(h)
@@ -409,7 +423,7 @@ def _remove(a, h):  # type: ignore[no-untyped-def]
     return 0
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _top(a):  # type: ignore[no-untyped-def]
     """Refresh the touch in the header; return TOP_PRICE/TOP_QTY for what changed."""
     w = _get(a, H_W)
@@ -440,7 +454,7 @@ def _top(a):  # type: ignore[no-untyped-def]
     return f
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _top_side(a, s):  # type: ignore[no-untyped-def]
     """Refresh side ``s`` of the touch in the header; return TOP_PRICE/TOP_QTY if changed."""
     w = _get(a, H_W)
@@ -467,7 +481,7 @@ def _top_side(a, s):  # type: ignore[no-untyped-def]
 # The three IMPL-GUIDE rules, shared by the per-event entry points and the batch loop.
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _store(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     """Put a new order in the table (not yet in the levels).
 
@@ -495,7 +509,7 @@ def _store(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     return h
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _open(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     f = OWN if own else 0
     h = _store(a, id_, price, quantity, time_, own)
@@ -508,7 +522,7 @@ def _open(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     return f
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _close(a, id_, quantity, own):  # type: ignore[no-untyped-def]
     f = OWN if own else 0
     h, _ = _find(a, id_)
@@ -525,7 +539,7 @@ def _close(a, id_, quantity, own):  # type: ignore[no-untyped-def]
     return f
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _match_side(a, id_, rem, bid):  # type: ignore[no-untyped-def]
     """Set one side's remaining; returns IGNORED, or 1 if the touch may have changed."""
     h, _ = _find(a, id_)
@@ -541,7 +555,7 @@ def _match_side(a, id_, rem, bid):  # type: ignore[no-untyped-def]
     return 0
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _match(a, bid, bid_rem, ask, ask_rem, evf):  # type: ignore[no-untyped-def]
     f = OWN if evf & (EVF_OWN | EVF_OWN_ASK) else 0
     if evf & EVF_HAS_BID:
@@ -565,7 +579,7 @@ _A = types.int64[::1]
 _I = types.int64
 
 
-@njit(_I(_A, _I, _I, _I, _I, _I), cache=True)
+@njit(_I(_A, _I, _I, _I, _I, _I), cache=True, **_NO_NRT)
 def k_open(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     """Apply an OrderOpened (``quantity`` signed as on the wire)."""
     r = _open(a, id_, price, quantity, time_, own)
@@ -574,21 +588,21 @@ def k_open(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     return r
 
 
-@njit(_I(_A, _I, _I, _I), cache=True)
+@njit(_I(_A, _I, _I, _I), cache=True, **_NO_NRT)
 def k_close(a, id_, quantity, own):  # type: ignore[no-untyped-def]
     """Apply an OrderClosed (``quantity`` signed as on the wire, 0 after a full fill)."""
     a[H_EVENTS] += 1
     return _close(a, id_, quantity, own)
 
 
-@njit(_I(_A, _I, _I, _I, _I, _I), cache=True)
+@njit(_I(_A, _I, _I, _I, _I, _I), cache=True, **_NO_NRT)
 def k_match(a, bid, bid_rem, ask, ask_rem, evf):  # type: ignore[no-untyped-def]
     """Apply an OrdersMatched; ``evf`` says which sides are present and own (EVF_*)."""
     a[H_EVENTS] += 1
     return _match(a, bid, bid_rem, ask, ask_rem, evf)
 
 
-@njit(cache=True)
+@_hot
 def k_batch(a, ev, start, stop_mask, until, out_bb, out_ba):  # type: ignore[no-untyped-def]
     """Apply ``ev[start:]`` until the end, a stop, or a full arena.
 
@@ -790,7 +804,7 @@ def export_orders(a, out_id, out_qty, out_price, out_time, out_own):  # type: ig
     return m
 
 
-@njit(cache=True, inline="always")
+@_inline
 def _mix(x):  # type: ignore[no-untyped-def]
     # splitmix64's finaliser on int64: logical shifts emulated, multiplies wrap mod 2**64.
     x ^= (x >> 30) & ((1 << 34) - 1)
