@@ -49,6 +49,7 @@ __all__ = [
     "RecordingRunner",
     "diff_fills",
     "format_report",
+    "intent_sequence",
     "last_mid",
     "live_fills_from_messages",
     "run_live",
@@ -104,6 +105,8 @@ class LiveRun:
     messages: list[RecordedMessage]
     config: RunConfig
     stopped_us: int | None = None
+    intents: list[tuple[Any, ...]] = field(default_factory=list)
+    """:func:`intent_sequence` of the live core."""
 
     @property
     def data(self) -> ReplayData:
@@ -153,7 +156,15 @@ async def run_live_async(config: RunConfig, duration: float, *, state_dir: str |
     core = runner.core
     assert core is not None
     fills = [FillRecord(name, f.ref, int(f.side), f.price, f.quantity, f.total, f.fee, f.time) for name, f in core.fills]
-    return LiveRun(fills, result.summary, runner.messages, config, runner.stopped_us)
+    return LiveRun(fills, result.summary, runner.messages, config, runner.stopped_us, intent_sequence(core))
+
+
+def intent_sequence(core: TradingCore) -> list[tuple[Any, ...]]:
+    """Every order the core placed, in order: (strategy, side, price, quantity, total).
+
+    S2's "identical intent sequences": a backtest that saw what the live run saw places
+    exactly the same orders.  Times are left out (the live core's clock is trio's)."""
+    return [(o.strategy, int(o.side), o.price, o.quantity, o.total) for o in core.tracker]
 
 
 def _only_config_markets(config: RunConfig, path: Path) -> RunConfig:

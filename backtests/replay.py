@@ -122,6 +122,7 @@ __all__ = [
     "Replay",
     "Snapshot",
     "load_recording",
+    "recorded_messages",
     "run_backtest",
     "replay_data_from_messages",
 ]
@@ -382,6 +383,23 @@ def load_recording(path: str | Path) -> ReplayData:
     return replay_data_from_messages(msgs, str(p), hdr)
 
 
+def recorded_messages(path: str | Path) -> list[RecordedMessage]:
+    """Every message of a recording, decoded, in order (slow path: tools and parity, not
+    replays).  Own-order notices keep their tonces and fees."""
+    p = Path(path)
+    if _is_cftrade_recording(p):
+        try:
+            from backtests import recording
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            rec = recording.load(p)
+            return [(ln.t, ln.market, ln.message) for ln in rec.lines()
+                    if isinstance(ln.message, WatchOrdersReply | Notice)]
+    _, msgs = _recorded_messages(p)
+    return list(msgs)
+
+
 def _is_cftrade_recording(path: Path) -> bool:
     """An .npz (zip) file, or JSONL whose first line is a cftrade-rec header."""
     with path.open("rb") as fh:
@@ -412,7 +430,7 @@ def replay_data_from_recording(rec: Any) -> ReplayData:
         pos = int(np.searchsorted(rows, row))
         snapshots.append(Snapshot(pos, int(times[row]), int(rec.market[row]), rec.snapshot(k)))
     h = rec.header
-    header = {"format": "cftrade-rec/1", "api_version": h.api_version, "markets": list(h.markets),
+    header = {**h.meta, "format": "cftrade-rec/1", "api_version": h.api_version, "markets": list(h.markets),
               "user_id": h.user_id}
     other = len(rec) - len(rows) - len(snapshots)
     return ReplayData(rec.source, list(rec.markets), events, market, snapshots, other, header)

@@ -1,0 +1,122 @@
+"""Parity (issue 6 item 4, RELIABILITY S2): a backtest of a live run's recording reproduces it.
+
+The live run is the real runner on the embedded exchange over the WebSocket protocol (memory
+streams, virtual time); the backtest replays what its strategies received.  Goal: >= 95 % of
+live fills reproduced and PnL within 2 %; with the participants of the traded market only
+(every market's trades draw from the exchange's one rounding stream) we reach 100 % and the
+same PnL to the unit, with the same orders placed in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backtests import backtest_cli, diff_cli
+from backtests.parity import (
+    diff_fills,
+    format_report,
+    intent_sequence,
+    last_mid,
+    live_fills_from_messages,
+    run_live_async,
+    write_recording,
+)
+from backtests.replay import Replay, ReplayOptions, load_recording, recorded_messages
+from engine.config import load_run_config
+from engine.scale import XBT_GBP
+
+ROOT = Path(__file__).resolve().parents[1]
+MM = ROOT / "configs" / "market_maker.yaml"
+
+
+@pytest.fixture
+def mm_config():
+    return load_run_config(str(MM), resolve_secrets=False)
+
+
+async def test_s2_parity_market_maker_fill_by_fill(mm_config, tmp_path, autojump_clock):
+    live = await run_live_async(mm_config, 600)
+    assert len(live.fills) >= 50 and live.stopped_us is not None
+    replay = Replay(mm_config, live.data, ReplayOptions(seed=mm_config.run.seed, end_us=live.stopped_us))
+    result = replay.run()
+    report = diff_fills(live.fills, result.fills, market=XBT_GBP, mark=last_mid(live.messages, XBT_GBP))
+    print(format_report(report))
+    # the goals of the issue ...
+    assert report.reproduced >= 0.95
+    pct = report.pnl_diff_pct
+    assert pct is not None and pct <= 2.0
+    # ... and what we reach: every fill, to the unit (totals and fees too: same rounding
+    # draws), and the very same orders placed in the same order
+    assert report.matched == report.live_fills == report.backtest_fills
+    assert report.total_diffs == 0 and report.pnl_diff == 0
+    assert max(abs(x) for x in report.time_offsets_us) == 0
+    assert intent_sequence(replay.core) == live.intents
+
+    # The same through a recording file (cftrade-rec/1), and with fills read from the
+    # recording's own notices (what `cftrade diff --live FILE` does).
+    path = tmp_path / "run.jsonl"
+    write_recording(path, live.messages, header=live.header)
+    rd = load_recording(path)
+    again = Replay(mm_config, rd, ReplayOptions(seed=mm_config.run.seed, end_us=live.stopped_us)).run()
+    assert again.final_hash == result.final_hash
+    from_file = live_fills_from_messages(recorded_messages(path))
+    assert [(f.side, f.price, f.quantity, f.total, f.fee, f.time_us) for f in from_file] == [
+        (f.side, f.price, f.quantity, f.total, f.fee, f.time_us) for f in live.fills
+    ]
+
+
+async def test_other_markets_participants_are_the_residue(mm_config, autojump_clock):
+    # With the XBT:EUR participants trading too, their trades draw from the same rounding
+    # stream: the replay's totals and fees (and a dust remainder here and there, which the
+    # strategy reacts to) drift from the live ones.  The diff shows it.
+    live = await run_live_async(mm_config, 600, only_config_markets=False)
+    result = Replay(mm_config, live.data, ReplayOptions(seed=mm_config.run.seed, end_us=live.stopped_us)).run()
+    report = diff_fills(live.fills, result.fills, market=XBT_GBP, mark=last_mid(live.messages, XBT_GBP))
+    print(format_report(report))
+    assert report.total_diffs > 0 or report.matched < report.live_fills
+    assert report.live_fills > 0 and report.backtest_fills > 0
+
+
+def test_diff_fills_matches_one_to_one_within_tolerance():
+    from backtests.result import FillRecord
+
+    def f(side: int, price: int, qty: int, t: int, name: str = "mm") -> FillRecord:
+        return FillRecord(name, 1, side, price, qty, qty * price // 10**8, 1, t)
+
+    live = [f(1, 100, 5, 1_000), f(1, 100, 5, 1_000), f(-1, 110, 5, 9_000_000)]
+    bt = [f(1, 100, 5, 1_200), f(-1, 110, 5, 2_000_000), f(1, 100, 7, 1_000)]
+    r = diff_fills(live, bt, market=XBT_GBP, tolerance_us=1_000_000)
+    # one of the two identical live buys finds a partner; the sell is 7 s off; the 7-unit
+    # buy has no live twin
+    assert (r.matched, len(r.unmatched_live), len(r.unmatched_backtest)) == (1, 2, 2)
+    assert r.time_offsets_us == [200]
+    assert diff_fills(live, bt, market=XBT_GBP, tolerance_us=7_000_000).matched == 2
+    named = [f(1, 100, 5, 1_000, "other")]
+    assert diff_fills(named, bt, market=XBT_GBP).matched == 0
+    assert diff_fills(named, bt, market=XBT_GBP, any_strategy=True).matched == 1
+
+
+def test_cli_backtest_and_diff_of_a_recorded_run(mm_config, tmp_path, capsys):
+    # `cftrade diff` runs the config live (virtual time) and keeps the recording; `cftrade
+    # diff --live` and `cftrade backtest` then work from that file.
+    rec = tmp_path / "run.jsonl"
+    assert diff_cli.main(["--config", str(MM), "--duration", "120", "--record", str(rec), "--check"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["reproduced_pct"] == 100.0 and first["intents"]["identical"]
+    assert diff_cli.main(["--config", str(MM), "--live", str(rec), "--check"]) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["matched"] == first["matched"] and second["backtest_hash"] == first["backtest_hash"]
+
+    out = tmp_path / "out"
+    assert backtest_cli.main([str(MM), "--data", str(rec), "--out", str(out), "--no-plots", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert figures["fills"] == first["backtest_fills"]
+    assert "net PnL" in "\n".join(lines[:-1])
+    assert (out / "summary.json").exists() and (out / "fills.csv").read_text().count("\n") == figures["fills"] + 1
+
+    assert backtest_cli.main([str(MM), "--data", str(tmp_path / "missing.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
