@@ -102,17 +102,17 @@ class _Target:
 
 
 def _is_run_config(path: Path) -> bool:
-    """A run config has a top-level ``strategies:`` key; an exchange YAML does not."""
+    """A run config has a top-level ``strategies:`` key; an exchange YAML does not.  (Only
+    composed here, never constructed; the real load is strict: engine.configload.)"""
     import yaml
 
     try:
-        with path.open("rb") as fh:
-            for event in yaml.parse(fh, Loader=yaml.SafeLoader):  # top-level keys only
-                if isinstance(event, yaml.ScalarEvent) and event.value == "strategies":
-                    return True
-    except (OSError, yaml.YAMLError) as e:
+        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ConfigError(f"{path}: cannot read ({e})") from None
-    return False
+    if not isinstance(node, yaml.MappingNode):
+        return False
+    return any(isinstance(k, yaml.ScalarNode) and k.value == "strategies" for k, _ in node.value)
 
 
 class Recorder:

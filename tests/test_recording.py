@@ -677,3 +677,16 @@ def test_the_documented_minimal_file_is_valid(tmp_path):
     report = validate(rec)
     assert report.ok and report.takers == 1 and len(rec) == 5
     assert replay_book(rec, XBT_GBP).orders()["id"].tolist() == [1, 3]
+
+
+async def test_record_takes_markets_and_exchange_from_a_run_config(tmp_path, autojump_clock):
+    run_cfg = EXCHANGE_YAML.parent / "market_maker.yaml"
+    r = await record(RecordOptions(out=tmp_path / "a.jsonl", config=run_cfg, duration=20, transport="memory",
+                                   handle_signals=False))
+    assert r.header.markets == ("XBT:GBP",) and r.exchange is not None
+    r = await record(RecordOptions(out=tmp_path / "b.jsonl", config=EXCHANGE_YAML, duration=20, transport="memory",
+                                   handle_signals=False, markets=("XBT:EUR",)))
+    assert r.header.markets == ("XBT:EUR",)
+    for name in ("a.jsonl", "b.jsonl"):
+        rec = load(tmp_path / name)
+        assert validate(rec).counts["OrderOpened"] > 10
