@@ -218,3 +218,47 @@ def test_api_version_from_summary_and_explicit_scales():
     assert build_report(r2, scales=V1).strategies["mm"].to_dict()["volume_base"] == "0.0100"
     assert build_report(r2).strategies["mm"].to_dict()["volume_base"] == "0.00000100"
     assert build_report(r2).strategies["mm"].orders_placed is None
+
+
+# -- against the real replay ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory):
+    from backtests.scenarios import load_scenario, make_data, run_scenario
+
+    sc = load_scenario("mm_calm")
+    data = make_data(sc, tmp_path_factory.mktemp("data") / "calm.jsonl")
+    result, report = run_scenario(sc, data)
+    return result, report
+
+
+def test_report_agrees_with_the_runtime_and_its_marks(replayed):
+    result, report = replayed
+    m = report.strategies["mm"]
+    core = result.summary["strategies"]["mm"]
+    assert m.fills == core["trades"] == len(result.fills) > 50
+    assert m.volume_base == core["volume_base"] and m.orders_placed == core["orders_placed"]
+    d = m.to_dict()
+    assert (d["realized_pnl"], d["fees"]) == (core["realized_pnl"], core["fees"])
+    assert m.inventory.final == core["position_units"]
+    # the replay's last equity mark is floor(realized + unrealized at its mid - fees): ours exactly
+    last = result.marks[-1]
+    assert m.mark_price == int(last["mid"]) and m.final_equity_mark == math.floor(m.net)
+    # drawdown and inventory extremes come from the same marks
+    eq = result.marks["equity"]
+    assert m.max_drawdown == int(np.max(np.maximum.accumulate(np.maximum(eq, 0)) - eq))
+    assert (m.inventory.max, m.inventory.min) == (int(result.marks["position"].max()), int(result.marks["position"].min()))
+    assert m.periods == (int(last["time_us"]) - int(result.marks[0]["time_us"])) // (5 * 60 * 10**6)
+
+
+def test_report_files_of_a_real_replay(replayed, tmp_path):
+    result, _ = replayed
+    report = write_report(result, tmp_path, interval="5m")
+    with (tmp_path / "fills.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(result.fills)
+    buys = sum(f.quantity for f in result.fills if f.side > 0)
+    sells = sum(f.quantity for f in result.fills if f.side < 0)
+    assert rows[-1]["position"] == report.strategies["mm"].base(buys - sells)
+    assert sum(int(r["fee"].replace(".", "")) for r in rows) == report.strategies["mm"].fees

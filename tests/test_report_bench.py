@@ -1,0 +1,18 @@
+"""``cftrade bench replay`` still runs and its self-checks hold (on a small recording)."""
+
+from __future__ import annotations
+
+import json
+
+from backtests.scenarios import load_scenario, make_data
+from benchmarks import bench_replay
+
+
+def test_bench_replay_checks_its_answer(tmp_path, capsys):
+    data = make_data(load_scenario("twap_volatile"), tmp_path / "small.jsonl")
+    assert bench_replay.main(["--data", str(data), "--check-events", "1000"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["checks_ok"] and all(res["checks"].values()) and set(res["checks"]) == {
+        "all_events_counted", "report_matches_runtime", "balances_match_exchange", "deterministic_prefix"}
+    assert res["events"] > 5000 and res["events_per_s"] > 0 and res["rss_peak_mib"] >= res["rss_start_mib"]
+    assert res["vs_baselines"]["hftbacktest_numba_quoter"] == round(res["events_per_s"] / 1_700_000, 4)
