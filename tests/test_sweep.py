@@ -347,3 +347,29 @@ def test_the_shipped_example_sweep_loads():
 
     spec = load_sweep(DIR / "mm_calm" / "sweep.yaml")
     assert len(parameter_sets(spec)) == 10 and len(spec.recordings) == 2
+
+
+def test_cli_sweep_on_a_dask_cluster_with_the_replay_engine(recording, tmp_path, capsys):
+    distributed = pytest.importorskip("distributed")
+    from backtests.sweep_cli import main
+
+    path, sc = recording
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(textwrap.dedent(f"""
+        config: "{sc.spec.config}"
+        recordings: ["{path}"]
+        grid:
+          strategies[0].params.half_spread: ["1.00", "4.00"]
+        seed: 1
+    """))
+    assert main([str(sweep), "--workers", "0", "--quiet", "--no-plot", "--out", str(tmp_path / "local")]) == 0
+    with distributed.LocalCluster(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as cl:
+        assert main([str(sweep), "--scheduler", cl.scheduler_address, "--quiet", "--no-plot",
+                     "--out", str(tmp_path / "dask")]) == 0
+    assert f"on Dask {cl.scheduler_address}" in capsys.readouterr().out
+
+    def hashes(d: str) -> list[str]:
+        with (tmp_path / d / "runs.csv").open() as fh:
+            return [r["final_hash"] for r in csv.DictReader(fh)]
+
+    assert hashes("dask") == hashes("local") and len(set(hashes("local"))) == 2
