@@ -4,13 +4,18 @@ Feed it exactly as IMPL-GUIDE "Maintaining a Local View of an Order Book" says, 
 order frames arrive::
 
     book = Book(XBT_GBP)
-    send(WatchOrders(base=..., counter=..., watch=True))
+    send(book.watch_command(tag=7))            # WatchOrders(watch=True) for this market
     for frame in frames:                       # notices may come before the reply
-        if is_the_watch_reply(frame):
+        if is_the_reply_to(frame, 7):
             book.load_snapshot(reply)          # builds the view, then applies buffered notices
         else:
             book.apply(notice)                 # OrderOpened / OrdersMatched / OrderClosed
         book.best_bid, book.best_ask           # plain attributes, None when a side is empty
+
+Queries: ``best_bid_qty``/``best_ask_qty``, ``spread``, ``mid`` (exact Fraction) and ``mid2``
+(bid + ask, integer half price units), ``levels``/``bids``/``asks`` (top N as int64 arrays),
+``cumulative_depth``, ``estimate`` (EstimateMarketOrder, exactly as the exchange answers),
+``queue_ahead`` (FIFO quantity ahead of an order), ``order``, ``orders``, ``checksum``.
 
 Every method is a plain ``def`` (no I/O).  ``apply`` returns change flags (``TOP_PRICE``,
 ``TOP_QTY``, ``OWN``, ``IGNORED``) so a runner can wake a strategy only when it must.
@@ -76,6 +81,11 @@ TOP_QTY = K.TOP_QTY
 OWN = K.OWN
 IGNORED = K.IGNORED
 TIMER = K.TIMER
+
+# Book.apply reads these header words and event flags as literals (globals cost time there).
+assert (K.H_BB, K.H_BA, K.TOP_PRICE, K.EVF_OWN, K.EVF_OWN_ASK, K.EVF_HAS_BID, K.EVF_HAS_ASK) == (
+    18, 19, 1, 1, 2, 4, 8,
+), "book_kernels layout changed: update the literals in Book.apply"
 
 _INT64_MAX = 2**63 - 1
 MIN_WINDOW = 1 << 10
