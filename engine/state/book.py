@@ -104,19 +104,16 @@ class _Entry:
     match: Any = None
 
 
-def _entry(kernel: Any) -> Any:
-    sig = kernel.signatures[0]
-    try:
-        return kernel.overloads[sig].entry_point
-    except (AttributeError, KeyError):  # pragma: no cover - numba internals moved
-        return kernel
+def _entry(kernel: Any, sig: Any) -> Any:
+    ep = kernel.compile(sig)  # compiles, or loads numba's on-disk cache
+    return ep if ep is not None else kernel  # pragma: no cover - numba internals moved
 
 
 def _entries() -> type[_Entry]:
     if _Entry.open is None:
-        _Entry.open = _entry(K.k_open)
-        _Entry.close = _entry(K.k_close)
-        _Entry.match = _entry(K.k_match)
+        _Entry.open = _entry(K.k_open, K.SIG_OPEN)
+        _Entry.close = _entry(K.k_close, K.SIG_CLOSE)
+        _Entry.match = _entry(K.k_match, K.SIG_MATCH)
     return _Entry
 
 

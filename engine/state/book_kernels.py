@@ -572,14 +572,17 @@ def _match(a, bid, bid_rem, ask, ask_rem, evf):  # type: ignore[no-untyped-def]
 
 
 # ---------------------------------------------------------------------------------------
-# Entry points.  Explicit signatures: compiled (or loaded from numba's cache) at import,
-# then called through their compiled entry point by engine.state.book.
+# Entry points.  engine.state.book compiles them for these exact signatures on first use
+# (or loads them from numba's cache) and calls their compiled entry points directly.
 
 _A = types.int64[::1]
 _I = types.int64
+SIG_OPEN = _I(_A, _I, _I, _I, _I, _I)
+SIG_CLOSE = _I(_A, _I, _I, _I)
+SIG_MATCH = _I(_A, _I, _I, _I, _I, _I)
 
 
-@njit(_I(_A, _I, _I, _I, _I, _I), cache=True, **_NO_NRT)
+@_hot
 def k_open(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     """Apply an OrderOpened (``quantity`` signed as on the wire)."""
     r = _open(a, id_, price, quantity, time_, own)
@@ -588,14 +591,14 @@ def k_open(a, id_, price, quantity, time_, own):  # type: ignore[no-untyped-def]
     return r
 
 
-@njit(_I(_A, _I, _I, _I), cache=True, **_NO_NRT)
+@_hot
 def k_close(a, id_, quantity, own):  # type: ignore[no-untyped-def]
     """Apply an OrderClosed (``quantity`` signed as on the wire, 0 after a full fill)."""
     a[H_EVENTS] += 1
     return _close(a, id_, quantity, own)
 
 
-@njit(_I(_A, _I, _I, _I, _I, _I), cache=True, **_NO_NRT)
+@_hot
 def k_match(a, bid, bid_rem, ask, ask_rem, evf):  # type: ignore[no-untyped-def]
     """Apply an OrdersMatched; ``evf`` says which sides are present and own (EVF_*)."""
     a[H_EVENTS] += 1
