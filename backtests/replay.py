@@ -133,7 +133,9 @@ STRATEGY_USER_ID = 1
 """The strategy trades as this user of the replay exchange (the runner's embedded demo user)."""
 
 _INF = 1 << 62
-_SHUTDOWN_US = 5_000_000  # the runner's shutdown deadline (RunOptions.shutdown_deadline)
+_SHUTDOWN_US = 5_000_000
+_FOREIGN_ID = 1 << 62  # ids of passed-through notices: above any id the replay exchange gives
+_ID_MASK = _FOREIGN_ID - 1  # the runner's shutdown deadline (RunOptions.shutdown_deadline)
 _CHUNK = 1 << 16
 
 # kinds of deliveries to the strategy
@@ -656,10 +658,23 @@ class Replay:
         # must not rest, and the strategy must not see it (it never existed live).
         mark = len(self._to_strat)
         r = ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=-x, price=price))
-        if type(r) is PlaceOrderReply and ex.open_orders(self.taker_uid):
-            self.stats.transient_rests += 1
-            ex.handle(self._t_sess, CancelOrder(id=r.id))  # type: ignore[arg-type]
-            self._hide(mark, r.id)  # type: ignore[arg-type]
+        if type(r) is PlaceOrderReply:
+            if ex.open_orders(self.taker_uid):
+                self.stats.transient_rests += 1
+                ex.handle(self._t_sess, CancelOrder(id=r.id))  # type: ignore[arg-type]
+            # The strategy must not see this stand-in order open or close: live, the
+            # recorded taker was one order (or a market order) and its own OrderClosed, if
+            # any, is in the recording and is passed through (see _closed_unknown).
+            self._hide(mark, r.id)
+
+    def _closed_unknown(self, market: Market, oid: int, quantity: int, price: int) -> None:
+        """A recorded OrderClosed of an order that never rested in the recorded book (a taker
+        filled on arrival, or an order beyond the snapshot's depth): a live watcher saw it
+        and the strategy's book ignored it (with the IGNORED flag, which still wakes
+        ``on_book``); pass it through unchanged but for an id no replay order can have."""
+        n = OrderClosed(id=_FOREIGN_ID | (oid & _ID_MASK), base=market.base.code, counter=market.counter.code,
+                        quantity=quantity, price=price)
+        self._to_strat.append((self.now_us + self.options.feed_latency_us, _D_NOTICE, n, None))
 
     def _close_deferred(self) -> None:
         ex, sess = self.exchange, self._m_sess
@@ -894,7 +909,10 @@ class Replay:
                         own.discard(oid)
                     else:
                         rid = rec2rep[c_mkt[k]].pop(oid, None)
-                        if rid is not None:
+                        if rid is None:
+                            if self._s_sess is not None:
+                                self._closed_unknown(market, oid, c_qty[k], c_price[k])
+                        else:
                             if oid in taken:
                                 # Live, our own order took this one; ours may not have
                                 # arrived yet in the replay (it is sent in reaction to
