@@ -112,7 +112,6 @@ EVF_HAS_ASK = 8
 
 MAX_PRICE = 1 << 62  # keys and window bases stay far from int64 overflow
 _HASH_MULT = -7046029254386353131  # 0x9E3779B97F4A7C15 (Fibonacci hashing) as int64
-_M32 = 0xFFFFFFFF
 
 
 def table_size(capacity: int) -> int:
