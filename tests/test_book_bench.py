@@ -21,7 +21,7 @@ def test_bench_book_generates_runs_and_checks_itself(tmp_path: Path, capsys: pyt
     for key in ("wire_per_s", "batch_per_s", "naive_per_s", "batch_vs_naive", "wire_vs_naive",
                 "peak_rss_mb", "bytes_per_resting_order", "jit_first_call_s", "checksum"):
         assert key in res
-    assert len(res["batch_per_s_runs"]) == 2
+    assert len(res["wire_per_s_runs"]) == 2 and len(res["batch_per_s_runs"]) == 10
     assert res["resting_orders"] > 1000 and res["final_best_bid"] < res["final_best_ask"]
 
 
