@@ -198,9 +198,12 @@ class Runner:
                     await self._stop.wait()
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
-        except ExchangeError as e:
-            self.errors.append(f"exchange refused: {e}")
-            log.error("run failed: %s", e)
+        except* ExchangeError as group:
+            # A definitive refusal (Authenticate error 7, ...) reaches us wrapped by the
+            # nursery: a failed run (exit 1, summary written), not a traceback.
+            for e in _leaves(group):
+                self.errors.append(f"exchange refused: {e}")
+                log.error("run failed: %s", e)
             exit_code = 1
         finally:
             if watchdog is not None:
@@ -615,6 +618,13 @@ def _px(value: int | None, market: Market) -> str:
     from engine.scale import format_price
 
     return "-" if value is None else format_price(value, market)
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out
 
 
 def new_seed() -> int:
