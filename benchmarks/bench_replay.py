@@ -13,6 +13,11 @@ replays on this machine class (not re-measured here: neither package is a depend
 hftbacktest with a numba one-bid-one-ask quoter 1.7 M/s, NautilusTrader's backtest engine
 0.03 M/s.  The goal is >= 2 M events/s.
 
+``--scaling`` measures the sweep instead: the example sweep
+(backtests/scenarios/mm_calm/sweep.yaml, 20 replays) on a process pool of 1 and of N workers,
+best of ``--repeat``; scaling efficiency = T(1) / (N x T(N)).  Its check: both pools give the
+same runs (the same ``final_hash`` per run).
+
 The benchmark checks its answer: every recorded event is counted, the report's fills and
 volume equal the runtime's own summary, the strategy's balance view equals the exchange
 core's at the end, and a replay of the first ``--check-events`` events twice gives the same
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -120,6 +126,45 @@ def run(data: Path, config: Path, seed: int, check_events: int) -> dict[str, Any
     }
 
 
+def scaling(workers: int, repeat: int, sweep: Path) -> dict[str, Any]:
+    """Wall time of the same sweep on 1 and on ``workers`` local processes (best of ``repeat``)."""
+    from backtests.sweep import GeneratedRecording, load_sweep, run_sweep
+
+    spec = load_sweep(sweep)
+    data_dir = Path(tempfile.gettempdir()) / "cftrade-sweep-data"
+    for rec in spec.recordings:  # make the generated recordings first, untimed
+        if isinstance(rec, GeneratedRecording):
+            rec.make(data_dir)
+    best: dict[int, float] = {}
+    hashes: dict[int, list[str]] = {}
+    task_s: dict[int, float] = {}
+    for _ in range(repeat):
+        for w in (1, workers):
+            res = run_sweep(spec, workers=w, data_dir=data_dir)
+            if res.wall_seconds < best.get(w, float("inf")):
+                best[w] = res.wall_seconds
+                task_s[w] = sum(r["seconds"] for r in res.runs)
+            hashes[w] = [r.get("final_hash") or "" for r in res.runs]
+    runs = len(hashes[1])
+    return {
+        "bench": "replay-sweep-scaling",
+        "sweep": str(sweep.relative_to(ROOT)) if sweep.is_relative_to(ROOT) else str(sweep),
+        "runs": runs,
+        "workers": workers,
+        "wall_s_1": round(best[1], 2),
+        f"wall_s_{workers}": round(best[workers], 2),
+        "speedup": round(best[1] / best[workers], 3),
+        "efficiency": round(best[1] / (workers * best[workers]), 3),
+        "task_s_sum_1": round(task_s[1], 2),
+        f"task_s_sum_{workers}": round(task_s[workers], 2),
+        "checks": {"same_runs": hashes[1] == hashes[workers] and all(hashes[1])},
+        "checks_ok": hashes[1] == hashes[workers] and all(hashes[1]),
+        "cpus": os.cpu_count(),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "python": platform.python_version(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="cftrade bench replay", description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000, help="recording lines to generate (default 1000000)")
@@ -130,7 +175,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="where generated recordings are kept between runs")
     ap.add_argument("--check-events", type=int, default=20_000,
                     help="replay this many events twice to check determinism (0: skip)")
+    ap.add_argument("--scaling", action="store_true", help="measure sweep scaling on 1 vs --workers processes")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="pool size for --scaling (default: CPUs)")
+    ap.add_argument("--repeat", type=int, default=3, help="--scaling: best of N (default 3)")
+    ap.add_argument("--sweep", type=Path, default=ROOT / "backtests" / "scenarios" / "mm_calm" / "sweep.yaml",
+                    help="--scaling: the sweep to run (default: the mm_calm example)")
     args = ap.parse_args(argv)
+    if args.scaling:
+        sc = scaling(max(2, args.workers), args.repeat, args.sweep.resolve())
+        print(json.dumps(sc))
+        return 0 if sc["checks_ok"] else 1
     gen_s = None
     data = args.data
     if data is None:
