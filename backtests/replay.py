@@ -115,6 +115,7 @@ from engine.state.events import (
     events_from_notices,
 )
 from engine.state.tonces import TonceAllocator
+from engine.strategy import Strategy
 
 __all__ = [
     "ReplayData",
@@ -178,6 +179,17 @@ class ReplayData:
     snapshots: list[Snapshot]
     other_events: int = 0
     header: dict[str, Any] = field(default_factory=dict)
+    other_times: np.ndarray | None = None
+    """Receive times of the other messages (so a replay of a time window counts them)."""
+
+    def events_until(self, rows: int, snapshots: int, t_us: int) -> int:
+        """Recorded messages replayed when ``rows`` book events and ``snapshots`` snapshots
+        were applied and the clock stopped at ``t_us``."""
+        if self.other_times is None:
+            other = self.other_events if rows >= len(self.events) else 0
+        else:
+            other = int(np.searchsorted(self.other_times, t_us, side="right"))
+        return rows + snapshots + other
 
     @property
     def total_events(self) -> int:
@@ -223,7 +235,7 @@ def replay_data_from_messages(messages: Iterable[RecordedMessage], source: str =
     times: list[int] = []
     where: list[int] = []
     snapshots: list[Snapshot] = []
-    other = 0
+    other_t: list[int] = []
     last_t = -_INF
     for n, (t, market, msg) in enumerate(messages, 1):
         if t < last_t:
@@ -240,9 +252,10 @@ def replay_data_from_messages(messages: Iterable[RecordedMessage], source: str =
             times.append(t)
             where.append(market_index(market_by_codes(m.base, m.counter)))
         else:
-            other += 1
+            other_t.append(t)
     events = events_from_notices(notices, times)
-    return ReplayData(source, markets, events, np.array(where, dtype=np.int8), snapshots, other, header or {})
+    return ReplayData(source, markets, events, np.array(where, dtype=np.int8), snapshots, len(other_t), header or {},
+                      np.array(other_t, dtype=np.int64))
 
 
 class _Envelope(msgspec.Struct):
@@ -434,8 +447,10 @@ def replay_data_from_recording(rec: Any) -> ReplayData:
     h = rec.header
     header = {**h.meta, "format": "cftrade-rec/1", "api_version": h.api_version, "markets": list(h.markets),
               "user_id": h.user_id}
-    other = len(rec) - len(rows) - len(snapshots)
-    return ReplayData(rec.source, list(rec.markets), events, market, snapshots, other, header)
+    is_other = ~book
+    is_other[rec.snap_rows] = False
+    other_times = np.ascontiguousarray(times[is_other])
+    return ReplayData(rec.source, list(rec.markets), events, market, snapshots, len(other_times), header, other_times)
 
 
 # ---------------------------------------------------------------------------------------
@@ -462,6 +477,10 @@ class ReplayOptions:
     """Exchange YAML for users, balances and fees; None: the run config's embedded one."""
     progress: bool = False
     """Draw a progress bar on stderr."""
+    tickers: bool | None = None
+    """Watch the tickers as the runner does.  None: only if a strategy overrides
+    ``on_ticker`` (the runtime uses ticker notices for nothing else: its last price also
+    follows the trades), which saves the exchange building them."""
     check_invariants: bool = True
     """Run the exchange core's invariant checks (conservation, reservations) at the end."""
 
@@ -544,6 +563,9 @@ class Replay:
         self._deferred: list[int] = []
 
         self.core = self._build_core()
+        self._tickers = opts.tickers if opts.tickers is not None else any(
+            type(slot.strategy).on_ticker is not Strategy.on_ticker for slot in self.core.slots.values()
+        )
         lim = DEFAULT_LIMITS["orders"]
         self._limiter = make_limiter(lim, config.rate_limits.algorithm)
         self._last_send = -_INF
@@ -559,6 +581,7 @@ class Replay:
         self.started = False
         self.stopped = False
         self.events_done = 0
+        self._rows_done = self._snaps_done = 0
 
     # -- clocks --------------------------------------------------------------------------
 
@@ -707,7 +730,8 @@ class Replay:
             reply = ex.handle(s, WatchOrders(base=base, counter=counter, watch=True))
             # The reply follows any notice the command caused (none: it changes nothing).
             q.append((self.now_us + self.options.feed_latency_us, _D_SNAPSHOT, m, reply))
-            ex.handle(s, WatchTicker(base=base, counter=counter, watch=True))
+            if self._tickers:
+                ex.handle(s, WatchTicker(base=base, counter=counter, watch=True))
         q.append((self.now_us + self.options.feed_latency_us, _D_START, None, None))
 
     def _flush(self) -> None:
@@ -966,6 +990,7 @@ class Replay:
                 if t > self.now_us:
                     self.now_us = t
                 self._timer(kind_t, name)
+        self._rows_done, self._snaps_done = i, si
         if progress is not None:
             progress.done(data.total_events)
         return self._result(time.perf_counter() - t_wall)
@@ -1018,6 +1043,7 @@ class Replay:
         if len(marks):
             marks = marks[np.argsort(marks["time_us"], kind="stable")]
         state = self.final_state()
+        events = self.data.events_until(self._rows_done, self._snaps_done, self.now_us)
         summary = core.summary()
         summary["fills"] = len(fills)
         st = self.stats
@@ -1029,10 +1055,11 @@ class Replay:
             "start_us": self.data.start_us,
             "end_us": self.now_us,
             "virtual_seconds": (self.now_us - self.data.start_us) / 1e6,
-            "recorded_events": self.data.total_events,
+            "recorded_events": events,
+            "recording_events": self.data.total_events,
             "book_events_replayed": self.events_done,
             "wall_seconds": wall,
-            "events_per_second": self.data.total_events / wall if wall > 0 else None,
+            "events_per_second": events / wall if wall > 0 else None,
             "stats": {k: getattr(st, k) for k in st.__slots__},  # type: ignore[attr-defined]
             "balance_view_mismatch": mismatch,
             "exchange_state_hash": ex.state_hash(),
@@ -1046,7 +1073,7 @@ class Replay:
             marks=marks,
             strategies=list(self._names),
             summary=summary,
-            events=self.data.total_events,
+            events=events,
             wall_seconds=wall,
             final_hash=final_hash(fills, state),
             final_state=state,

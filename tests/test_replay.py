@@ -355,3 +355,37 @@ def test_bare_recording_layout_is_read(tmp_path):
                               CODEC.encode(closed(10, 0, 2_999_000))]) + b"\n")
     rd = load_recording(p)
     assert len(rd.snapshots) == 1 and len(rd.events) == 2 and rd.end_us == t
+
+
+def test_two_markets_two_strategies_and_window_event_count(tmp_path):
+    from engine.scale import XBT_EUR
+
+    eb, ec = XBT_EUR.codes
+    eur_book = WatchOrdersReply(orders=[BookOrder(id=100, quantity=-1_000_000, price=3_500_000, time=T0),
+                                        BookOrder(id=101, quantity=1_000_000, price=3_490_000, time=T0)])
+    t = T0 + 1_000_000
+    eur_sale = OrdersMatched(base=eb, counter=ec, quantity=500_000, price=3_490_000, total=17450, time=t + 5,
+                             bid=101, bid_rem=500_000)
+    rd = replay_data_from_messages([
+        book(), (T0, XBT_EUR, eur_book),
+        (t, None, matched(t, 1_000_000, 2_999_000, bid=10, bid_rem=0)), (t, None, closed(10, 0, 2_999_000)),
+        (t + 5, None, eur_sale),
+        (t + 9_000_000, None, closed(11, 1_000_000, 2_999_000)),
+    ], "<two markets>")
+    p = tmp_path / "two.yaml"
+    p.write_text(
+        'markets: ["XBT:GBP", "XBT:EUR"]\n'
+        "strategies:\n"
+        '  - {name: gbp, class: "tests.test_replay:Scripted", market: "XBT:GBP", '
+        'params: {orders: [["buy", "29995.00", "0.01"]]}}\n'
+        '  - {name: eur, class: "tests.test_replay:Scripted", market: "XBT:EUR", '
+        'params: {orders: [["buy", "34950.00", "0.01"]]}}\n'
+    )
+    cfg = load_run_config(str(p))
+    res = Replay(cfg, rd, ReplayOptions()).run()
+    by = {(f.strategy, f.price, f.time_us) for f in res.fills}
+    assert by == {("gbp", 2_999_500, t), ("eur", 3_495_000, t + 5)}
+    assert res.events == rd.total_events == 6
+    # a window that stops before the last recorded cancel replays (and counts) less
+    cut = Replay(cfg, rd, ReplayOptions(end_us=t + 5)).run()
+    assert cut.events == 5 and len(cut.fills) == 2
