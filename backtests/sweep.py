@@ -27,7 +27,10 @@ Every (parameter set, recording, window) is one task: a plain, picklable :class:
 carries the finished config as YAML text.  Tasks run on a local process pool
 (``concurrent.futures.ProcessPoolExecutor``, spawn context: no forked numba/trio state) or on a
 Dask cluster (``scheduler=ADDRESS``); ``workers=0`` runs them in this process.  A task that
-fails is reported with its error, never silently dropped.
+fails is reported with its error, never silently dropped.  Each worker process decodes a
+recording once and replays it for every task.  Dask workers read the recordings by path, so
+on a cluster of several machines the recordings (and a ``data_dir`` for generated ones) must
+be on a file system they share, at the same path.
 
 **Ranking.**  A set's score is the mean of the objective over its runs (recordings, and train
 windows with walk-forward).  A run without a figure (Sharpe needs two intervals) makes the
@@ -50,6 +53,7 @@ import multiprocessing
 import random
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -353,6 +357,7 @@ BacktestFn = Callable[[RunConfig, Task], BacktestResult]
 
 _DATA_CACHE: dict[tuple[str, int, int], Any] = {}
 _DATA_CACHE_SIZE = 4
+_DATA_LOCK = threading.Lock()  # Dask workers may run tasks in threads of one process
 
 
 def _replay_data(path: str) -> Any:
@@ -362,11 +367,12 @@ def _replay_data(path: str) -> Any:
     replay: Any = importlib.import_module("backtests.replay")
     st = Path(path).stat()
     key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
-    data = _DATA_CACHE.get(key)
-    if data is None:
-        if len(_DATA_CACHE) >= _DATA_CACHE_SIZE:
-            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        data = _DATA_CACHE[key] = replay.load_recording(path)
+    with _DATA_LOCK:
+        data = _DATA_CACHE.get(key)
+        if data is None:
+            if len(_DATA_CACHE) >= _DATA_CACHE_SIZE:
+                _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+            data = _DATA_CACHE[key] = replay.load_recording(path)
     return data
 
 
