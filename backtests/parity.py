@@ -39,7 +39,7 @@ from engine.protocol.codec import CODEC
 from engine.protocol.messages import UNSET, OrdersMatched, WatchOrdersReply
 from engine.runner import Runner, RunOptions
 from engine.runtime import TradingCore
-from engine.scale import Market, Scales, market_by_codes, market_by_name
+from engine.scale import Market, Scales, market_by_name
 from engine.state.positions import Position
 from engine.strategy import Side
 
@@ -365,10 +365,8 @@ def last_mid(messages: Sequence[RecordedMessage], market: Market) -> int | None:
                 if book.ready:
                     book.reset()
                 book.load_snapshot(msg)
-        elif book.ready or True:
-            base = getattr(msg, "base", None)
-            if base is not None and market_by_codes(base, getattr(msg, "counter", 0)).codes == market.codes:
-                book.apply(msg)  # type: ignore[arg-type]
+        else:
+            book.apply(msg)  # other markets' and non-book notices are ignored by the book
     if book.best_bid is None or book.best_ask is None:
         return None
     return (book.best_bid + book.best_ask) // 2
