@@ -262,3 +262,13 @@ def test_report_files_of_a_real_replay(replayed, tmp_path):
     sells = sum(f.quantity for f in result.fills if f.side < 0)
     assert rows[-1]["position"] == report.strategies["mm"].base(buys - sells)
     assert sum(int(r["fee"].replace(".", "")) for r in rows) == report.strategies["mm"].fees
+
+
+def test_a_strategy_that_never_traded(tmp_path):
+    r = _result([], _marks([]), summary={"strategies": {"mm": {"market": "XBT:GBP", "orders_placed": 0}}})
+    report = write_report(r, tmp_path)
+    d = json.loads((tmp_path / "summary.json").read_text())["strategies"]["mm"]
+    assert (d["net_pnl"], d["fills"], d["fill_ratio"], d["sharpe"], d["mark_price"]) == ("0.00", 0, None, None, None)
+    assert (tmp_path / "fills.csv").read_text() == ",".join(
+        ("strategy", "ref", "time_us", "time_utc", "side", "price", "quantity", "total", "fee", "position")) + "\n"
+    assert "fill ratio" in report.table() and (tmp_path / "equity.png").exists()
