@@ -389,3 +389,52 @@ def test_two_markets_two_strategies_and_window_event_count(tmp_path):
     # a window that stops before the last recorded cancel replays (and counts) less
     cut = Replay(cfg, rd, ReplayOptions(end_us=t + 5)).run()
     assert cut.events == 5 and len(cut.fills) == 2
+
+
+def test_a_resnapshot_resynchronises_the_recorded_book(tmp_path):
+    # After a gap the recorder took a new snapshot: bid 10 is gone (its cancel was lost),
+    # bid 20 is new (its OrderOpened was lost).  The replayed book follows the snapshot.
+    _, _, first = book()
+    assert first.orders is not UNSET
+    t = T0 + 5_000_000
+    second = WatchOrdersReply(orders=[o for o in first.orders if o.id != 10]
+                              + [BookOrder(id=20, quantity=2_000_000, price=2_999_500, time=t - 1)])
+    rd = replay_data_from_messages([book(), (t, XBT_GBP, second)], "<gap>")
+    r = replay(tmp_path, rd, [])
+    bids, asks = r.exchange.book(B, C)
+    assert [(o.price, o.quantity) for o in bids] == [(2_999_500, 2_000_000), (2_999_000, 1_000_000),
+                                                     (2_999_000, 1_000_000), (2_998_000, 5_000_000)]
+    assert len(asks) == 3
+    # the strategy's own view (the replay exchange's feed) agrees
+    view = r.core.books[XBT_GBP]
+    assert (view.best_bid, view.best_bid_qty, len(view)) == (2_999_500, 2_000_000, 7)
+
+
+def test_a_stand_in_sell_never_shows_in_the_strategy_feed(tmp_path):
+    # The recording says bid 10, the only bid, bought all 0.01; its stand-in pays the maker
+    # fee out of its reservation, so it takes 999 899 units and the stand-in sell has 101
+    # left, which must not rest: it is cancelled at once and the strategy never sees it.
+    t = T0 + 1_000_000
+    snap = WatchOrdersReply(orders=[BookOrder(id=1, quantity=-1_000_000, price=3_001_000, time=T0 - 2),
+                                    BookOrder(id=10, quantity=1_000_000, price=2_999_000, time=T0 - 1)])
+    rd = replay_data_from_messages([(T0, XBT_GBP, snap), (t, None, matched(t, 1_000_000, 2_999_000, bid=10, bid_rem=0)),
+                                    (t, None, closed(10, 0, 2_999_000))], "<one bid>")
+    cfg = load_run_config(str(config(tmp_path, [])))
+    probe = Replay(cfg, rd, ReplayOptions())
+    seen: list[Any] = []
+    on_notice = probe.core.on_notice
+
+    def spy(n: Notice) -> None:
+        seen.append(n)
+        on_notice(n)
+
+    probe.core.on_notice = spy  # type: ignore[method-assign]
+    probe.run()
+    assert probe.stats.transient_rests == 1
+    kinds = [type(n).__name__ for n in seen]
+    assert kinds == ["OrdersMatched", "OrderClosed"]  # the trade, then bid 10's stand-in leaves
+    assert seen[1].quantity == 0
+    view = probe.core.books[XBT_GBP]
+    assert (view.best_bid, view.best_ask) == (None, 3_001_000)
+    bids, asks = probe.exchange.book(B, C)
+    assert bids == [] and [o.price for o in asks] == [3_001_000]
