@@ -102,7 +102,8 @@ class RunOptions:
     "memory" (the same WebSocket protocol over trio memory streams, so tests can run hours of
     virtual time under ``autojump_clock``; real sockets would make autojump skip I/O waits)."""
     drop_hook: Any = None
-    """Tests: called with each new server-side memory stream (fault injection)."""
+    """Tests: called as ``drop_hook(client_end, server_end)`` with both ends of each new
+    memory connection, before it is used (fault injection, taps)."""
 
 
 @dataclass(slots=True)
