@@ -51,6 +51,7 @@ from tests.test_runtime_support import (
 )
 
 DROPS = 120
+DOUBT = ("reply lost", "connection lost", "not sent")  # OrderTracker reasons of a PlaceOrder in doubt
 SEEDS = [int(x) for x in os.environ.get("CFTRADE_F1_SEEDS", "11").split(",")]
 """CI runs one seed; a soak sets e.g. CFTRADE_F1_SEEDS=1,2,3,...,20 (each seed ~10 s)."""
 
@@ -184,6 +185,12 @@ async def test_f1_random_disconnects_during_order_flow_keep_the_ledger_exact(
         await trio.sleep(60.123457)
         seen["quiet"] = ledger(r, tap)
         seen["intents"] = len(r.core.tracker)
+        # PlaceOrders whose outcome was in doubt (reply lost with the connection, or never
+        # sent): the F1 core case, settled by reconciliation, never resent blindly.
+        seen["in_doubt"] = sum(1 for o in r.core.tracker if o.reason.startswith(DOUBT))
+        # Resting orders the exchange cancelled with their connection (persist: false), whose
+        # OrderClosed died with it: settled from GetOrders after the reconnect.
+        seen["vanished"] = sum(1 for o in r.core.tracker if o.reason.startswith("absent from GetOrders"))
         r.stop()
 
     result = await run_with(runner, during)
@@ -192,13 +199,15 @@ async def test_f1_random_disconnects_during_order_flow_keep_the_ledger_exact(
     s = result.summary
     headline = (
         f"F1: {campaign.drops()} disconnects ({campaign.mid_frame()} mid-frame), {quiet.intents} intents, "
-        f"{quiet.fills} fills, {s['sessions']} sessions, {seen['campaign_s']:.0f} virtual s, seed {seed}, "
+        f"{quiet.fills} fills, {seen['in_doubt']} in-doubt PlaceOrders and {seen['vanished']} orders closed "
+        f"unseen settled by reconciliation, {s['sessions']} sessions, {seen['campaign_s']:.0f} virtual s, seed {seed}, "
         f"server handshake crashes {campaign.handshake_crashes}: "
         f"{quiet.line()} | after shutdown: {final.line()}"
     )
     with capsys.disabled():
         print("\n" + headline)
     assert campaign.drops() >= 100, headline
+    assert seen["in_doubt"] > 0 and seen["vanished"] > 0, headline
     assert result.exit_code == 0 and s["errors"] == [], s["errors"]
     # O1..O8 = 0 at the quiescent instant and after shutdown.
     assert not any(quiet.counts().values()), (headline, quiet)
