@@ -49,7 +49,7 @@ from engine.risk import RiskGovernor, TradingState
 from engine.risk.model import MarketView
 from engine.scale import DEFAULT, Market, Scales, to_scaled
 from engine.state.balances import BalanceView
-from engine.state.book import Book
+from engine.state.book import TOP_PRICE, TOP_QTY, Book
 from engine.state.orders import Closed, Filled, Opened, Order, OrderEvent, OrderState, OrderTracker
 from engine.state.positions import PositionBook
 from engine.state.tonces import TonceAllocator
@@ -69,6 +69,8 @@ from engine.strategy import (
 )
 
 log = logging.getLogger("engine.runtime")
+
+_TOP = TOP_PRICE | TOP_QTY  # on_book runs only when the best bid/ask price or size changed
 
 
 @dataclass(slots=True)
@@ -261,7 +263,7 @@ class TradingCore:
             if t is OrdersMatched and market is not None:
                 self.last_price[market] = n.price
                 self._trade(market, n, own)
-            if changed and market is not None and self.ready:
+            if changed & _TOP and market is not None and self.ready:
                 self._book_changed(market)
         elif t.__name__ == "BalanceChanged":
             self.balances.on_balance_changed(notice)  # type: ignore[arg-type]
