@@ -231,12 +231,6 @@ async def test_f1_random_disconnects_during_order_flow_keep_the_ledger_exact(
     assert quiet.intents >= 500 and quiet.fills > 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine/exchange/server.py (not this test's module): ExchangeServer.handle_stream lets "
-    "trio_websocket.ConnectionClosed escape from request.accept() when the peer vanishes "
-    "during the WebSocket handshake; over TCP that ends serve_listeners, i.e. the whole "
-    "exchange. Fix: catch ConnectionClosed (and BrokenResourceError) around accept/reject "
-    "and count a handshake failure, as _sender already does after 9c971be."))
 async def test_server_survives_a_drop_during_the_handshake(autojump_clock):
     """Found by the F1 campaign: a client that vanishes right after sending its upgrade
     request must cost the exchange that one connection, nothing more."""

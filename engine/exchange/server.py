@@ -353,16 +353,21 @@ class ExchangeServer:
             async with trio.open_nursery() as nursery:
                 ws = None
                 with trio.move_on_after(opts.handshake_timeout):
-                    request = await wrap_server_stream(
-                        nursery, traffic,
-                        message_queue_size=opts.message_queue_size,
-                        max_message_size=opts.max_message_size,
-                        receive_buffer_size=RECEIVE_BUFFER,
-                    )
-                    if request.path.split("?", 1)[0] != "/":
-                        await request.reject(404, body=b"The exchange is served on path /\n")
-                    else:
-                        ws = await request.accept()
+                    try:
+                        request = await wrap_server_stream(
+                            nursery, traffic,
+                            message_queue_size=opts.message_queue_size,
+                            max_message_size=opts.max_message_size,
+                            receive_buffer_size=RECEIVE_BUFFER,
+                        )
+                        if request.path.split("?", 1)[0] != "/":
+                            await request.reject(404, body=b"The exchange is served on path /\n")
+                        else:
+                            ws = await request.accept()
+                    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                        # The peer vanished mid-handshake: that costs this connection only
+                        # (escaping here would end serve_listeners, i.e. the whole exchange).
+                        ws = None
                 if ws is None:
                     self._c.handshake_failures += 1
                 else:
