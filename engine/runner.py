@@ -53,7 +53,7 @@ from engine.client.notices import FeedGap, ReplyEvent, SessionEnded, SessionStar
 from engine.client.reconnect import ReconnectingClient
 from engine.config import RunConfig
 from engine.connection import Connection, Credentials, ReplyWaiter
-from engine.errors import ConnectionLost, ExchangeError
+from engine.errors import CoinfloorError, ConnectionLost, ExchangeError
 from engine.governor import Governor
 from engine.protocol.messages import (
     CancelOrderReply,
@@ -93,6 +93,8 @@ class RunOptions:
     summary_path: Path | None = None
     shutdown_deadline: float = 5.0
     request_timeout: float = 10.0
+    connect_timeout: float = 30.0
+    """The first session must be up within this; later drops reconnect without limit."""
     audit_interval: float = 30.0
     watchdog_seconds: float = 10.0
     """A trio loop stalled this long is a crash (F9); 0 disables the watchdog."""
@@ -173,7 +175,13 @@ class Runner:
                     url, creds, governor=self._governor(), allow_insecure=insecure,
                     on_connected=self._reconcile, rng=random.Random(cfg.run.seed), dial=self._dial,
                 )
-                await nursery.start(self.client.run)
+                try:
+                    with trio.fail_after(opts.connect_timeout):
+                        await nursery.start(self.client.run)
+                except trio.TooSlowError:
+                    raise ConnectionLost(
+                        f"no session with {url} within {opts.connect_timeout:g} s (reconnecting with backoff)"
+                    ) from None
                 nursery.start_soon(self._events)
                 nursery.start_soon(self._dispatch)
                 for m in self.core.books:
@@ -206,6 +214,14 @@ class Runner:
             for e in _leaves(group):
                 self.errors.append(f"exchange refused: {e}")
                 log.error("run failed: %s", e)
+            exit_code = 1
+        except* (CoinfloorError, trio.TooSlowError, OSError) as group:
+            # Connect failures, a start-up barrier that never completes, a config problem
+            # found late: a failed run with a one-line reason and a summary, not a traceback.
+            for e in _leaves(group):
+                why = "start-up barrier timed out" if isinstance(e, trio.TooSlowError) else f"{type(e).__name__}: {e}"
+                self.errors.append(why)
+                log.error("run failed: %s", why)
             exit_code = 1
         finally:
             if watchdog is not None:
