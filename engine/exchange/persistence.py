@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.atomicfile import write_atomic
 from engine.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -48,41 +48,6 @@ def encode_snapshot(exchange: Exchange) -> bytes:
         "snapshot": exchange.snapshot(),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8") + b"\n"
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old file or the new, never half.
-
-    The temporary file is created with ``mode`` from the start (no window where it is
-    world-readable), fsynced, renamed over ``path``, and the directory is fsynced so the
-    rename itself survives a power cut.
-    """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems cannot open directories; the rename is still atomic
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def save_snapshot(path: str | os.PathLike[str], exchange: Exchange) -> str:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.atomicfile import write_atomic
 from engine.errors import ConfigError
 from engine.risk.model import TradingState
 
@@ -99,25 +100,4 @@ def save_states(path: Path, kill: StateRecord | None, records: dict[str, StateRe
         "kill": None if kill is None else kill.to_json(),
         "strategies": {name: rec.to_json() for name, rec in sorted(records.items())},
     }
-    _atomic_write(path, json.dumps(doc, indent=1, allow_nan=False).encode() + b"\n")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored if the temp file already existed
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    # The rename is durable only once the directory entry is on disk.
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, json.dumps(doc, indent=1, allow_nan=False).encode() + b"\n")

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.atomicfile import write_atomic
 from engine.errors import ConfigError
 
 __all__ = ["TonceAllocator", "wall_clock_us", "STATE_FORMAT"]
@@ -265,7 +266,7 @@ class TonceAllocator:
     def _write(self, high_water: int, epoch: int) -> None:
         if self._path is not None:
             doc = {"format": STATE_FORMAT, "user_id": self._user_id, "high_water": high_water, "epoch": epoch}
-            _atomic_write(self._path, json.dumps(doc, separators=(",", ":")).encode())
+            write_atomic(self._path, json.dumps(doc, separators=(",", ":")).encode())
             self.writes += 1
         self._persisted = high_water
         self._epoch = epoch
@@ -273,24 +274,3 @@ class TonceAllocator:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is ignored if the temp file already existed
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    # The rename is durable only once the directory entry is on disk.
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
