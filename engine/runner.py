@@ -62,6 +62,8 @@ from engine.protocol.messages import (
     GetBalancesReply,
     GetOrders,
     GetOrdersReply,
+    GetTradeVolume,
+    GetTradeVolumeReply,
     PlaceOrderReply,
     WatchOrders,
     WatchOrdersReply,
@@ -321,8 +323,21 @@ class Runner:
         balances = await conn.request(GetBalances())
         orders = await conn.request(GetOrders())
         assert isinstance(balances, GetBalancesReply) and isinstance(orders, GetOrdersReply)
-        core.on_balances(balances)
+        # Trade volume per asset: the exact measure of fills whose notices died with the
+        # last connection (TradingCore.infer_lost_fills; the first session sets the baseline).
+        volumes: dict[int, int] = {}
+        for code in dict.fromkeys(a.code for m in core.books for a in (m.base, m.counter)):
+            try:
+                reply = await conn.request(GetTradeVolume(asset=code))
+            except ExchangeError as e:  # an exchange without it: no inference, no harm
+                log.debug("GetTradeVolume(%#x) refused: %s", code, e)
+                break
+            if isinstance(reply, GetTradeVolumeReply):
+                volumes[code] = reply.volume
         report = core.on_open_orders(orders, requested_at=t)
+        if len(volumes) == len({a for m in core.books for a in (m.base, m.counter)}):
+            core.infer_lost_fills(report, balances, orders, volumes)
+        core.on_balances(balances)
         if not report.clean:
             log.info("reconciliation: %s", report)
         self._flush()

@@ -200,6 +200,11 @@ class TradingCore:
         self._in_hook = False
         self.fills: list[tuple[str, Fill]] = []
         self.denials: list[tuple[str, Denial]] = []
+        self.volume_seen: dict[int, int] | None = None
+        """Per asset: the exchange's trade volume (GetTradeVolume) at the last reconciliation
+        plus every own fill seen since; what the exchange reports beyond it was traded in
+        fills whose notices were lost (:meth:`infer_lost_fills`)."""
+        self.inferred: list[Filled] = []
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -322,6 +327,10 @@ class TradingCore:
 
     def _order_events(self, events: list[OrderEvent]) -> None:
         for ev in events:
+            if type(ev) is Filled and self.volume_seen is not None:
+                vs = self.volume_seen
+                vs[ev.market.base.code] = vs.get(ev.market.base.code, 0) + ev.fill.quantity
+                vs[ev.market.counter.code] = vs.get(ev.market.counter.code, 0) + ev.fill.total
             self.balances.apply(ev)
             self.account.apply(ev)
             order = ev.order
@@ -385,6 +394,136 @@ class TradingCore:
                 log.warning("adopted foreign open order %s: cancelling (no strategy owns it)", order)
                 self._queue_cancel(order, order.strategy or "")
         return report
+
+    def infer_lost_fills(
+        self,
+        report: Any,
+        balances: GetBalancesReply,
+        orders: GetOrdersReply,
+        volumes: dict[int, int],
+    ) -> list[Filled]:
+        """After a reconnect, record fills whose OrdersMatched died with the old connection.
+
+        Call it after :meth:`on_open_orders` (its ``report``) and *before* :meth:`on_balances`
+        (the balance view must still hold what we saw before the gap).  ``volumes`` is
+        {asset code: GetTradeVolume} for the base and every counter asset; the first call
+        only sets the baseline.  Evidence, all exact integers:
+
+        * trade volume beyond what we saw: the lost base quantity ``q`` (XBT, joint across
+          markets) and lost total ``t`` per counter asset (which names the market);
+        * the balance residual per asset, GetBalances − our view: what the untraded
+          candidates (orders absent from GetOrders: a bid's reservation ``R(rem)`` in
+          counter, an ask's ``rem`` in base) and the one traded order explain.  A bid's
+          base gain is exactly ``q`` (no base fee); a closed ask returns exactly its
+          remaining − ``q``.  The counter residual then gives that order's fee exactly.
+
+        One aggregate fill is recorded only when exactly one candidate order (vanished,
+        settled UNKNOWN, or drifted) explains the base residual to the unit, with a fee in
+        [0, 1 % of ``t``] and a total consistent with its limit price; anything else
+        (several markets or several orders traded, an order still PENDING/UNKNOWN or
+        open here but absent there) is logged and left alone.  The inferred total is the
+        exchange's (volume is exact); were two trades lost, their per-trade split is not
+        known, only the aggregate.  Returns the Filled events (already applied).
+        """
+        seen, self.volume_seen = self.volume_seen, dict(volumes)
+        if seen is None:
+            return []
+        lost = {a: v - seen.get(a, 0) for a, v in volumes.items()}
+        if not any(lost.values()):
+            return []
+        markets = [m for m in self.books if lost.get(m.counter.code, 0)]
+        if len(markets) != 1 or any(v < 0 for v in lost.values()):
+            log.warning("lost fills not inferred: volume gap %s spans markets or is negative", lost)
+            return []
+        market = markets[0]
+        q, t = lost.get(market.base.code, 0), lost[market.counter.code]
+        if q <= 0 or t <= 0:
+            log.warning("lost fills not inferred: volume gap %s (base %s, total %s)", lost, q, t)
+            return []
+        present = {o.id for o in orders.orders}
+        pending = OrderState.PENDING
+        absent = [o for o in self.tracker.open_orders() if o.id is None or o.id not in present]
+        # PENDING at reconcile time: not sent yet (the dispatcher waits until this session is
+        # reconciled; a send on the dead link is UNKNOWN by now), so the exchange holds no
+        # reservation for it while our view anticipates one.  Anything else open here but
+        # absent there (touched after the GetOrders was sent, UNKNOWN) is in real doubt.
+        unsent = [o for o in absent if o.state is pending
+                  or (o.state is OrderState.PENDING_CANCEL and o._cancel_from is pending)]
+        doubt = [o for o in absent if o not in unsent]
+        if doubt:
+            log.warning("lost fills (%s of %s, total %s) not inferred: orders in doubt %s",
+                        q, market.name, t, doubt)
+            return []
+        closed = list(dict.fromkeys([*report.vanished, *report.settled_unknown]))
+        drift = {id(o): (r0, rx) for o, r0, rx in report.drift}
+        reserve = self.scales.bid_reservation
+        # What each candidate contributes to the residuals if it did NOT trade: a closed
+        # limit order's reservation came back without a notice we saw.
+        untraded: dict[int, dict[int, int]] = {}
+        for o in [*closed, *unsent]:
+            c: dict[int, int] = {}
+            if o.price is not None and o.remaining:
+                if o.side is Side.BUY:
+                    c[o.market.counter.code] = reserve(o.remaining, o.price, o.market)
+                else:
+                    c[o.market.base.code] = o.remaining
+            untraded[id(o)] = c
+        base_c, ctr_c = market.base.code, market.counter.code
+        residual = {a: next((b.balance for b in balances.balances if b.asset == a), 0) - self.balances.available(a)
+                    for a in (base_c, ctr_c)}
+        mul, den = self.scales.total_divisor(market)
+        fits: list[tuple[Order, int]] = []
+        tried: list[tuple[int, int, int]] = []  # (ref, base residual unexplained, fee) of misfits
+        for o in [*closed, *(o for o, _, _ in report.drift)]:  # never an unsent order
+            if o.market is not market:
+                continue
+            others_base = sum(c.get(base_c, 0) for k, c in untraded.items() if k != id(o))
+            others_ctr = sum(c.get(ctr_c, 0) for k, c in untraded.items() if k != id(o))
+            got = residual[ctr_c] - others_ctr  # this order's counter effect
+            r0 = o.remaining
+            if id(o) in drift:
+                rx = drift[id(o)][1]
+                if o.side is Side.BUY:
+                    base, fee = q, reserve(r0, o.price or 0, o.market) - reserve(rx, o.price or 0, o.market) - t - got
+                else:
+                    base, fee = 0, t - got
+                    if q != r0 - rx:
+                        continue
+            elif o.price is None:
+                if o.quantity is not None and q > o.quantity:
+                    continue
+                base, fee = (q, -got - t) if o.side is Side.BUY else (-q, t - got)
+            else:
+                if q > r0:
+                    continue
+                if o.side is Side.BUY:
+                    base, fee = q, reserve(r0, o.price, o.market) - t - got
+                else:
+                    base, fee = r0 - q, t - got
+            if base + others_base != residual[base_c] or not 0 <= fee <= t // 100:
+                tried.append((o.ref, base + others_base - residual[base_c], fee))
+                continue
+            if o.price is not None:
+                exact = q * o.price * mul  # total at the limit price, times den
+                slack = 10 * den  # stochastic rounding: at most one unit per trade
+                if (o.side is Side.BUY and t * den > exact + slack) or (o.side is Side.SELL and t * den < exact - slack):
+                    continue
+            fits.append((o, fee))
+        if len(fits) != 1:
+            log.warning("lost fills (%s of %s, total %s) not inferred: %d orders fit the evidence %s "
+                        "(residuals %s; misfits (ref, base unexplained, fee) %s)",
+                        q, market.name, t, len(fits), [o for o, _ in fits], residual, tried)
+            return []
+        order, fee = fits[0]
+        rem = drift[id(order)][1] if id(order) in drift else max(0, order.remaining - q)
+        ev = self.tracker.record_inferred_fill(order, quantity=q, total=t, counter_fee=fee, remaining=rem,
+                                               time=self.clock_us())
+        log.warning("inferred a fill lost with its notices: %r traded %s for %s (fee %s)", order, q, t, fee)
+        self._order_events([ev])
+        self.volume_seen = dict(volumes)  # the event was counted above: the gap is closed
+        self.inferred.append(ev)
+        self._flush_denials()
+        return [ev]
 
     def on_timer(self, name: str) -> None:
         slot = self.slots.get(name)
