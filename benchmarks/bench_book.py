@@ -52,17 +52,18 @@ from engine.state.naive_book import NaiveBook
 GOALS = {"batch_per_s": 30_000_000, "wire_per_s": 1_000_000, "bytes_per_resting_order": 100}
 
 
-def _wire(snapshot: Any, texts: list[bytes], market: Any) -> tuple[float, float, Book]:
-    book = Book(market)
+def _per_event(book: Any, snapshot: Any, texts: list[bytes]) -> tuple[float, float]:
+    """Wire path of ``book`` (the numpy Book or the naive baseline, timed by the same loop):
+    text -> decode -> apply -> best bid/ask read, per event."""
     book.load_snapshot(snapshot)
     dec = CODEC.decode_server_frame
     apply = book.apply
     c0, t0 = time.process_time(), time.perf_counter()
     for s in texts:
-        apply(dec(s))  # type: ignore[arg-type]
+        apply(dec(s))
         bb = book.best_bid  # noqa: F841 - the read is part of what is measured
         ba = book.best_ask  # noqa: F841
-    return time.perf_counter() - t0, time.process_time() - c0, book
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def _batch(
@@ -73,19 +74,6 @@ def _batch(
     c0, t0 = time.process_time(), time.perf_counter()
     r = apply_batch(book, events, out=out)
     return time.perf_counter() - t0, time.process_time() - c0, book, r
-
-
-def _naive(snapshot: Any, texts: list[bytes], market: Any) -> tuple[float, float, NaiveBook]:
-    book = NaiveBook(market)
-    book.load_snapshot(snapshot)
-    dec = CODEC.decode_server_frame
-    apply = book.apply
-    c0, t0 = time.process_time(), time.perf_counter()
-    for s in texts:
-        apply(dec(s))  # type: ignore[arg-type]
-        bb = book.best_bid  # noqa: F841
-        ba = book.best_ask  # noqa: F841
-    return time.perf_counter() - t0, time.process_time() - c0, book
 
 
 def _naive_bytes(snapshot: Any, market: Any) -> float:
@@ -131,14 +119,16 @@ def run(path: Path, repeat: int, verify: int) -> dict[str, Any]:
     naive_book: NaiveBook | None = None
     batch_res: Any = None
     for _ in range(repeat):
-        dt, ct, wire_book = _wire(snapshot, texts, market)
+        wire_book = Book(market)
+        dt, ct = _per_event(wire_book, snapshot, texts)
         runs["wire"].append(n / dt)
         cpu["wire"].append(n / ct)
         for _ in range(5):  # a batch pass takes ~30 ms: one time slice lost to a neighbour skews it
             dt, ct, batch_book, batch_res = _batch(snapshot, events, market, out)
             runs["batch"].append(n / dt)
             cpu["batch"].append(n / ct)
-        dt, ct, naive_book = _naive(snapshot, texts, market)
+        naive_book = NaiveBook(market)
+        dt, ct = _per_event(naive_book, snapshot, texts)
         runs["naive"].append(n / dt)
         cpu["naive"].append(n / ct)
     assert wire_book is not None and batch_book is not None and naive_book is not None
