@@ -163,7 +163,7 @@ _CHUNK = 1 << 16
 # kinds of deliveries to the strategy
 _D_NOTICE, _D_PLACE, _D_CANCEL, _D_SNAPSHOT, _D_BALANCES, _D_ORDERS, _D_START = range(7)
 # kinds of timer-heap entries
-_T_SUBSCRIBE, _T_TIMER, _T_MARK = range(3)
+_T_SUBSCRIBE, _T_TIMER, _T_MARK, _T_BOOK = range(4)
 
 
 # ---------------------------------------------------------------------------------------
@@ -621,10 +621,17 @@ class Replay:
         tonces = TonceAllocator(None, clock=self._clock_us, user_id=STRATEGY_USER_ID)
         core = TradingCore(markets=self.markets, risk=risk, tonces=tonces, clock=self._clock_s,
                            clock_us=self._clock_us, scales=cfg.scales)
+        core.on_book_deferred = self._book_deferred
         for spec in cfg.strategies:
             cls = spec.strategy_class
             core.add_strategy(spec.name, cls(spec.name, spec.params), spec.market_info, cfg.strategy_risk(spec.name))
         return core
+
+    def _book_deferred(self) -> None:
+        """An ``on_book`` is owed (conflation): wake at its due time, as the runner's task does."""
+        due = self.core.book_due_us()
+        if due is not None:
+            self._push_timer(due, _T_BOOK)
 
     def _push_timer(self, t: int, kind: int, name: str = "") -> None:
         import heapq
@@ -839,6 +846,11 @@ class Replay:
             interval = float(getattr(self.core.slots[name].strategy.p, "timer_interval", 0) or 0)
             if interval > 0:
                 self._push_timer(self.now_us + max(1, int(interval * 1e6)), _T_TIMER, name)
+        elif kind == _T_BOOK:
+            if self.stopped:
+                return
+            self.core.fire_due_books()
+            self._flush()
         elif kind == _T_MARK:
             if self.stopped:
                 return

@@ -200,6 +200,8 @@ class Runner:
                     interval = getattr(slot.strategy.p, "timer_interval", None)
                     if interval:
                         nursery.start_soon(self._timer, name, float(interval))
+                if any(slot.book_interval_us for slot in self.core.slots.values()):
+                    nursery.start_soon(self._conflated_books)
                 nursery.start_soon(self._audit)
                 nursery.start_soon(self._risk_poll)
                 if opts.status:
@@ -492,6 +494,26 @@ class Runner:
         while True:
             await trio.sleep(interval)
             core.on_timer(name)
+            self._flush()
+
+    async def _conflated_books(self) -> None:
+        """Run the ``on_book`` calls that conflation (StrategyConfig.book_interval) owes, when due."""
+        core = self.core
+        assert core is not None
+        wake = trio.Event()
+
+        def deferred() -> None:
+            wake.set()
+
+        core.on_book_deferred = deferred
+        while True:
+            due = core.book_due_us()
+            if due is None:
+                await wake.wait()
+                wake = trio.Event()
+                continue
+            await trio.sleep(max(0, due - self.clock_us()) / 1_000_000)
+            core.fire_due_books()
             self._flush()
 
     async def _audit(self) -> None:

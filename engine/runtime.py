@@ -99,6 +99,12 @@ class _Slot:
     positions: PositionBook
     stats: StrategyStats = field(default_factory=StrategyStats)
     started: bool = False
+    book_interval_us: int = 0
+    """``on_book`` conflation (StrategyConfig.book_interval), 0 = off."""
+    next_book_us: int = 0
+    """No ``on_book`` before this time (conflation)."""
+    book_pending: bool = False
+    """The touch changed while conflated: one ``on_book`` is owed at ``next_book_us``."""
 
 
 class StrategyContext:
@@ -205,6 +211,8 @@ class TradingCore:
         plus every own fill seen since; what the exchange reports beyond it was traded in
         fills whose notices were lost (:meth:`infer_lost_fills`)."""
         self.inferred: list[Filled] = []
+        self.on_book_deferred: Callable[[], None] | None = None
+        """Called when an ``on_book`` is first owed (conflation): the runner wakes its timer."""
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -214,7 +222,9 @@ class TradingCore:
         if market not in self.books:
             self.books[market] = Book(market, scales=self.scales)
         ctx = StrategyContext(self, name, market, strategy.p)
-        self.slots[name] = _Slot(strategy, market, ctx, PositionBook(self.scales, strategy=name))
+        interval = getattr(strategy.p, "book_interval", None) or 0
+        self.slots[name] = _Slot(strategy, market, ctx, PositionBook(self.scales, strategy=name),
+                                 book_interval_us=int(round(float(interval) * 1_000_000)))
         self.risk.add_strategy(name, limits, market=market)
 
     def start(self) -> None:
@@ -229,7 +239,7 @@ class TradingCore:
             slot.started = True
         for name, slot in self.slots.items():
             if slot.started and self.books[slot.market].ready:
-                self._call(name, "on_book")
+                self._on_book(name, slot)
 
     def stop(self) -> None:
         """Shutdown: ``on_stop`` hooks, then cancel every open order of every strategy."""
@@ -285,7 +295,35 @@ class TradingCore:
     def _book_changed(self, market: Market) -> None:
         for name, slot in self.slots.items():
             if slot.market is market and slot.started:
-                self._call(name, "on_book")
+                if slot.book_interval_us and self.clock_us() < slot.next_book_us:
+                    if not slot.book_pending:
+                        slot.book_pending = True
+                        if self.on_book_deferred is not None:
+                            self.on_book_deferred()
+                    continue
+                self._on_book(name, slot)
+
+    def _on_book(self, name: str, slot: _Slot) -> None:
+        if slot.book_interval_us:
+            slot.next_book_us = self.clock_us() + slot.book_interval_us
+            slot.book_pending = False
+        self._call(name, "on_book")
+
+    def book_due_us(self) -> int | None:
+        """When the earliest owed (conflated) ``on_book`` is due, or None: the driver (runner
+        or replay) calls :meth:`fire_due_books` then."""
+        due = [s.next_book_us for s in self.slots.values() if s.book_pending]
+        return min(due) if due else None
+
+    def fire_due_books(self) -> None:
+        """Run every owed ``on_book`` whose interval has ended (conflation, see StrategyConfig)."""
+        now = self.clock_us()
+        for name, slot in self.slots.items():
+            if slot.book_pending and slot.next_book_us <= now:
+                slot.book_pending = False
+                if slot.started and self.ready and self.books[slot.market].ready:
+                    self._on_book(name, slot)
+        self._flush_denials()
 
     def _trade(self, market: Market, n: OrdersMatched, own: bool) -> None:
         aggressor: Side | None = None

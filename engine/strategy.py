@@ -144,6 +144,17 @@ class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
     timer_interval: float | None = None
     """Seconds between ``on_timer`` calls, or null for no timer."""
+    book_interval: float | None = None
+    """Conflate ``on_book``: at most one call per this many seconds.  A change of the best
+    bid/ask inside the interval is not lost: one call follows at the interval's end, with
+    the book as it is then.  Null or 0: a call on every change of the touch.  The live
+    runner and both backtest replays apply the same rule, so parity holds either way."""
+
+    def __post_init__(self) -> None:
+        for name in ("timer_interval", "book_interval"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise ValueError(f"{name} must be >= 0 seconds, was {v!r}")
 
 
 class OrderView(Protocol):
