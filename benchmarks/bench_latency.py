@@ -230,7 +230,7 @@ class Injector:
 
 
 class Stages:
-    """In-process breakdown: stage timestamps from wrappers on runner instances."""
+    """In-process breakdown: stage timestamps from wrappers on runner and server instances."""
 
     def __init__(self, runner: BenchRunner) -> None:
         core, client = runner.core, runner.client
@@ -238,44 +238,55 @@ class Stages:
         conn: Any = client.connection
         self.stamps: dict[str, int] = {}
         stamps = self.stamps
-        on_frame, on_notice, send = conn._on_frame, core.on_notice, client.send
+        on_frame, on_notice = conn._on_frame, core.on_notice
+        ws: Any = conn._ws
+        receive, client_write = ws.receive, ws.write_nowait
+        server_ws: Any = next(c.ws for c in runner.server._open if c.session.user_id == USER)
+        server_write = server_ws.write_nowait
+
+        def written(data: bytes) -> bool:
+            done = server_write(data)
+            if "t0" in stamps and "written" not in stamps:
+                stamps["written"] = time.perf_counter_ns()
+            return done
+
+        async def receiving() -> Any:
+            message = await receive()
+            if "written" in stamps and "frame" not in stamps:
+                stamps["frame"] = time.perf_counter_ns()
+            return message
 
         def frame(message: Any) -> None:
-            if "tick" not in stamps and '"OrderOpened"' in message:
-                stamps["frame"] = time.perf_counter_ns()
-                on_frame(message)
+            on_frame(message)
+            if "frame" in stamps and "decoded" not in stamps:
                 stamps["decoded"] = time.perf_counter_ns()
-                stamps["tick"] = 1
-            else:
-                on_frame(message)
 
         def notice(n: Any) -> None:
-            if "rx" not in stamps and "tick" in stamps:
+            if "decoded" in stamps and "rx" not in stamps:
                 stamps["rx"] = time.perf_counter_ns()
             on_notice(n)
 
-        async def sending(cmd: Any, **kw: Any) -> Any:
-            if type(cmd) is PlaceOrder and "send0" not in stamps:
-                stamps["send0"] = time.perf_counter_ns()
-                waiter = await send(cmd, **kw)
+        def sent(data: bytes) -> bool:
+            done = client_write(data)
+            if "rx" in stamps and "send1" not in stamps:
                 stamps["send1"] = time.perf_counter_ns()
-                return waiter
-            return await send(cmd, **kw)
+            return done
 
-        targets: list[Any] = [conn, core, client]
-        targets[0]._on_frame = frame
-        targets[1].on_notice = notice
-        targets[2].send = sending
+        server_ws.write_nowait = written
+        ws.receive, ws.write_nowait = receiving, sent
+        conn._on_frame = frame
+        targets: list[Any] = [core]
+        targets[0].on_notice = notice
 
 
 BREAKDOWN = [
-    ("server_to_reader", "t0", "frame"),
+    ("core_to_write", "t0", "written"),
+    ("write_to_reader", "written", "frame"),
     ("decode", "frame", "decoded"),
-    ("queue_to_loop", "decoded", "rx"),
+    ("queue_to_core", "decoded", "rx"),
     ("book_apply", "rx", "hook"),
     ("strategy_risk", "hook", "emitted"),
-    ("to_dispatch", "emitted", "send0"),
-    ("encode_send", "send0", "send1"),
+    ("encode_send", "emitted", "send1"),
     ("send_to_server", "send1", "t1"),
 ]
 
@@ -333,6 +344,7 @@ async def run_inprocess(ticks: int, breakdown_ticks: int, rate: float, warmup: i
                 for k in range(breakdown_ticks):
                     await trio.sleep_until(start2 + k / rate)
                     st.clear()
+                    st["t0"] = time.perf_counter_ns()  # refined below to the injector's own t0
                     totals.append(await inj.tick(warmup + ticks + k, settled))
                     st["t0"], st["t1"] = inj.t0, inj.t1 or 0
                     st["hook"], st["emitted"] = taker.marks[-1]

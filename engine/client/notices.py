@@ -320,6 +320,25 @@ class NoticeQueue:
                 raise trio.EndOfChannel
             await self._lot.park()
 
+    async def wait_event(self) -> None:
+        """Wait until :meth:`receive_nowait` may have an event (it can return with none
+        left, e.g. after :meth:`wake` or when another consumer took it first); raises
+        ``trio.EndOfChannel`` once the queue is closed and drained.
+
+        For consumers that take events with ``receive_nowait`` and must never hold one
+        across a checkpoint (the runner: two consumers, one order)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._slots and not self._closed:
+            await self._lot.park()
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if self._closed and not any(s.live for s in self._slots):
+            raise trio.EndOfChannel
+
+    def wake(self) -> None:
+        """Make every task in :meth:`wait_event` or :meth:`receive` look again."""
+        self._lot.unpark_all()
+
     def __aiter__(self) -> NoticeQueue:
         return self
 
