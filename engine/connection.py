@@ -322,7 +322,7 @@ def _statistics(
 
 
 class _Pending:
-    __slots__ = ("command", "reply_type", "echo", "done", "reply", "error")
+    __slots__ = ("command", "reply_type", "echo", "done", "reply", "error", "callback")
 
     def __init__(self, command: Command, reply_type: type[Reply], echo: bool) -> None:
         self.command = command
@@ -331,6 +331,7 @@ class _Pending:
         self.done = trio.Event()
         self.reply: Reply | None = None
         self.error: BaseException | None = None
+        self.callback: Callable[[], None] | None = None
 
     @property
     def method(self) -> str:
@@ -343,10 +344,14 @@ class _Pending:
     def resolve(self, reply: Reply) -> None:
         self.reply = reply
         self.done.set()
+        if self.callback is not None:
+            self.callback()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
         self.done.set()
+        if self.callback is not None:
+            self.callback()
 
 
 def _describe_close(reason: CloseReason | object | None) -> str:
@@ -372,6 +377,11 @@ class ReplyWaiter:
     def tag(self) -> int:
         return self._tag
 
+    @property
+    def done(self) -> bool:
+        """True once the reply, or the loss of the connection, is known."""
+        return self._pending.done.is_set()
+
     async def wait(self) -> Reply:
         """The reply; raises like :meth:`Connection.request`."""
         pending = self._pending
@@ -380,6 +390,13 @@ class ReplyWaiter:
         finally:
             if not pending.done.is_set():
                 self._conn._abandon(self._tag, pending)
+        return self.result()
+
+    def result(self) -> Reply:
+        """The reply once :attr:`done` (raises like :meth:`wait`); ``trio.WouldBlock`` before."""
+        pending = self._pending
+        if not pending.done.is_set():
+            raise trio.WouldBlock
         if pending.error is not None:
             raise pending.error
         reply = pending.reply
@@ -387,6 +404,23 @@ class ReplyWaiter:
         if isinstance(reply, ErrorReply):
             raise ExchangeError.from_reply(reply.error_code, reply.error_msg)
         return reply
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (a plain ``def`` that must not raise) as soon as :attr:`done`:
+        in the task that learns the outcome (the reader for a reply), or now if it is known.
+        This is :meth:`wait` without a task per command (the runner's orders)."""
+        if self._pending.done.is_set():
+            callback()
+        else:
+            self._pending.callback = callback
+
+    def abandon(self) -> None:
+        """Stop waiting (a timeout): a reply arriving later is late (a ``ReplyEvent`` with
+        ``late=True`` in the notice stream) and the callback is not called."""
+        pending = self._pending
+        if not pending.done.is_set():
+            pending.callback = None
+            self._conn._abandon(self._tag, pending)
 
 
 class Connection:
@@ -678,9 +712,17 @@ class Connection:
             while True:
                 message = await ws.receive()
                 self._last_rx = trio.current_time()
-                self._on_frame(message)
-                if shared.after_frame is not None:
-                    shared.after_frame()
+                after = shared.after_frame
+                if after is None:
+                    self._on_frame(message)
+                    continue
+                queue = shared.queue
+                queue.defer_wakeups()
+                try:
+                    self._on_frame(message)
+                    after()
+                finally:
+                    queue.resume_wakeups()
         except WebSocketClosed as e:
             reason = e.reason
             if reason is not None and reason.code == 1009:

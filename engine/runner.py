@@ -64,7 +64,7 @@ from engine.client.notices import FeedGap, ReplyEvent, SessionEnded, SessionStar
 from engine.client.reconnect import ReconnectingClient
 from engine.config import RunConfig
 from engine.connection import Connection, Credentials, ReplyWaiter
-from engine.errors import CoinfloorError, ConnectionLost, ExchangeError
+from engine.errors import CoinfloorError, ConnectionLost, ExchangeError, RemoteProtocolError
 from engine.governor import Governor
 from engine.protocol.messages import (
     CancelOrderReply,
@@ -150,6 +150,7 @@ class Runner:
         self._out_lot = trio.lowlevel.ParkingLot()  # the dispatcher parks here
         self._writing = False  # a send of an order command is in progress (single writer)
         self._inline_error: BaseException | None = None
+        self._replies: deque[tuple[float, Outgoing, ReplyWaiter]] = deque()  # by deadline
         self._epoch_us = 0
         self._t0 = 0.0
         self._heartbeat = time.monotonic()
@@ -200,6 +201,7 @@ class Runner:
                     ) from None
                 nursery.start_soon(self._events)
                 nursery.start_soon(self._dispatch)
+                nursery.start_soon(self._reply_timeouts)
                 self.client.after_frame = self._inline
                 for m in self.core.books:
                     await self.client.watch_orders(m.base.code, m.counter.code)
@@ -420,8 +422,7 @@ class Runner:
         try:
             self._take_events()
         except BaseException as e:  # raised again by _events, in the runner's own task
-            self._inline_error = e
-            self.client.notices.wake()  # type: ignore[union-attr]
+            self._fail(e)
 
     def _take_events(self) -> None:
         """Take and apply every queued event, in order (no checkpoint between taking an
@@ -511,7 +512,7 @@ class Runner:
                     continue
                 outq.popleft()
                 self.sent[out.kind] += 1
-                self._nursery_start(self._await_reply, out, waiter)
+                self._expect_reply(out, waiter)
         finally:
             self._writing = False
 
@@ -549,38 +550,75 @@ class Runner:
                     except Exception as e:  # an order that cannot be cancelled by id or tonce, ...
                         log.warning("%s of %s not sent: %s", out.kind, order, e)
                         continue
-                    self._nursery_start(self._await_reply, out, waiter)
+                    self._expect_reply(out, waiter)
             finally:
                 self._writing = False
 
-    async def _await_reply(self, out: Outgoing, waiter: ReplyWaiter) -> None:
-        core = self.core
-        assert core is not None
-        order = out.order
-        with trio.move_on_after(self.options.request_timeout) as cs:
+    def _expect_reply(self, out: Outgoing, waiter: ReplyWaiter) -> None:
+        """Apply the reply to ``out`` when it comes (a callback in the reader's task: no task
+        per order); :meth:`_reply_timeouts` gives up after ``request_timeout``."""
+        self._replies.append((trio.current_time() + self.options.request_timeout, out, waiter))
+        waiter.on_done(functools.partial(self._on_reply, out, waiter))
+
+    def _on_reply(self, out: Outgoing, waiter: ReplyWaiter) -> None:
+        try:
+            core = self.core
+            assert core is not None
+            order = out.order
             try:
-                reply = await waiter.wait()
+                reply = waiter.result()
             except ExchangeError as e:
                 reply = ErrorReply(error_code=e.error_code, error_msg=e.error_msg)
-            except ConnectionLost as e:
+            except (ConnectionLost, RemoteProtocolError) as e:
+                # Lost with the connection, or a damaged reply: the outcome is UNKNOWN and
+                # the reconciliation after the reconnect settles it (F1).
                 if out.kind == "place":
                     core.on_place_lost(order, f"connection lost: {e}")
                 else:
                     core.on_cancel_lost(order)
                 self._flush()
                 return
-        if cs.cancelled_caught:
             if out.kind == "place":
-                core.on_place_lost(order, "reply timed out")
+                assert isinstance(reply, (PlaceOrderReply, ErrorReply))
+                core.on_place_reply(order, reply)
             else:
-                core.on_cancel_lost(order)
-        elif out.kind == "place":
-            assert isinstance(reply, (PlaceOrderReply, ErrorReply))
-            core.on_place_reply(order, reply)
-        else:
-            assert isinstance(reply, (CancelOrderReply, ErrorReply))
-            core.on_cancel_reply(order, reply)
-        self._flush()
+                assert isinstance(reply, (CancelOrderReply, ErrorReply))
+                core.on_cancel_reply(order, reply)
+            self._flush()
+        except BaseException as e:  # raised again by _events, in the runner's own task
+            self._fail(e)
+
+    def _fail(self, error: BaseException) -> None:
+        """An exception in code the reader task called for us: re-raise it in _events."""
+        if self._inline_error is None:
+            self._inline_error = error
+        if self.client is not None:
+            self.client.notices.wake()
+
+    async def _reply_timeouts(self) -> None:
+        """Gives up on replies older than ``request_timeout`` (the order becomes UNKNOWN
+        and the next reconciliation settles it).  Deadlines are in send order, so one
+        deque and one sleep serve them all; with none pending it looks every timeout."""
+        replies = self._replies
+        timeout = self.options.request_timeout
+        while True:
+            if replies:
+                await trio.sleep_until(replies[0][0])
+            else:
+                await trio.sleep(timeout)
+            now = trio.current_time()
+            while replies and replies[0][0] <= now:
+                _, out, waiter = replies.popleft()
+                if waiter.done:
+                    continue
+                waiter.abandon()
+                core = self.core
+                assert core is not None
+                if out.kind == "place":
+                    core.on_place_lost(out.order, "reply timed out")
+                else:
+                    core.on_cancel_lost(out.order)
+                self._flush()
 
     # -- periodic tasks ----------------------------------------------------------------------
 
