@@ -294,6 +294,10 @@ class ExchangeServer:
         self._notice_text = _NoticeText()
         self._shutting_down = False
         self._idle_lot = trio.lowlevel.ParkingLot()  # woken whenever a connection ends
+        # While a connection's command runs in the core, frames for every connection are
+        # collected here and written once per connection when it returns (one system call
+        # for the notices and the reply a command causes, instead of one per frame).
+        self._corked: list[_Connection] | None = None
         seed = self.options.nonce_seed
         self._nonce_rng = random.Random(seed) if seed is not None else None
 
@@ -427,6 +431,7 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.close_code: int | None = None  # None: close TCP without a close handshake
         self.close_reason = ""
+        self._cork: list[bytes] = []
         self.session: Session | None = None
         self._notice_text = server._notice_text
         chaos = opts.chaos
@@ -460,13 +465,28 @@ class _Connection:
             self._queue(frame)
 
     def _queue(self, frame: bytes) -> None:
+        corked = self.server._corked
+        if corked is not None:
+            if not self._cork:
+                corked.append(self)
+            self._cork.append(frame)
+            return
+        self._write(frame)
+
+    def _uncork(self) -> None:
+        frames = self._cork
+        self._cork = []
+        if not self.closed:
+            self._write(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+    def _write(self, frame: bytes, count: int = 1) -> None:
         outbox, ws = self.outbox, self.ws
         if not outbox and not ws.pending_bytes and not ws.sending and self.session is not None:
             # Nothing ahead of it: straight to the socket, no task switch.
             try:
                 if not ws.write_nowait(frame):
                     outbox.kick()  # the socket took part of it: the sender writes the rest
-                self.server._c.frames_sent += 1
+                self.server._c.frames_sent += count
             except WebSocketClosed:
                 pass  # the reader sees the closure and ends the connection
             return
@@ -538,8 +558,9 @@ class _Connection:
         self.ws.abort()
 
     async def _reader(self, session: Session) -> None:
-        exchange = self.server.exchange
-        counters = self.server._c
+        server = self.server
+        exchange = server.exchange
+        counters = server._c
         ws = self.ws
         while True:
             try:
@@ -563,8 +584,11 @@ class _Connection:
                 reply: Reply = exchange.reply_to_bad_command(session, e)
             else:
                 counters.commands += 1
+                corked: list[_Connection] = []
+                server._corked = corked
                 try:
                     reply = exchange.handle(session, cmd)
+                    self.send_reply(reply, cmd)
                 except Exception:
                     # A bug in the core; its state may be half-changed, so this connection
                     # ends and the log says why. The command type is safe to log; its
@@ -573,6 +597,13 @@ class _Connection:
                     log.exception("%r: exchange core raised on %s", self, type(cmd).__name__)
                     self.close(CLOSE_INTERNAL, "internal error")
                     return
+                finally:
+                    server._corked = None
+                    for conn in corked:
+                        conn._uncork()
+                if self.closed:
+                    return
+                continue
             self.send_reply(reply, cmd)
             if self.closed:
                 return
