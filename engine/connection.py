@@ -457,6 +457,7 @@ class Connection:
         self._last_rx = trio.current_time()
         self._ping_ids = itertools.count(1)
         self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writes = 0  # commands written (the reader's yield after sending)
         self.user_id: int | None = None
 
     # -- public API ----------------------------------------------------------------------
@@ -541,6 +542,7 @@ class Connection:
     def _write(self, command: Command, echo: bool) -> tuple[int, _Pending, bool]:
         """Tag, encode and queue one command on the socket (written at once if it can be)."""
         tag = next(self._shared.tags)
+        self._writes += 1
         command = msgspec.structs.replace(command, tag=tag)
         pending = _Pending(command, REPLY_FOR[type(command)], echo)
         self._pending[tag] = pending
@@ -718,11 +720,21 @@ class Connection:
                     continue
                 queue = shared.queue
                 queue.defer_wakeups()
+                writes = self._writes
                 try:
                     self._on_frame(message)
                     after()
                 finally:
                     queue.resume_wakeups()
+                if self._writes != writes:
+                    # We just sent commands from this task.  Step back twice before parsing
+                    # on: the first checkpoint lets the tasks already ready run, the second
+                    # also those that the I/O poll between the two scheduler passes made
+                    # ready, such as an in-process exchange reading what we sent.  Without
+                    # it, frames already buffered here (a ticker behind the notice we
+                    # answered) would be handled first half the time (trio orders each pass at random).
+                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint()
         except WebSocketClosed as e:
             reason = e.reason
             if reason is not None and reason.code == 1009:
