@@ -2,9 +2,11 @@
 
 ``cftrade bench latency`` prints one JSON line.  What is timed, per tick::
 
-    exchange core emits a notice ──► server writes it ──► 127.0.0.1 TCP ──► client reader decodes
-      ──► runner event loop: book.apply ──► strategy.on_book ──► risk gate ──► order tracker
-      ──► dispatcher: encode + send ──► 127.0.0.1 TCP ──► server reads and decodes the PlaceOrder
+    exchange core emits a notice ──► server writes it to the socket (engine.ws, in the core's call)
+      ──► 127.0.0.1 TCP ──► client reader task: frame parse + decode ──► in the same task
+      (Runner._inline): book.apply ──► strategy.on_book ──► risk gate ──► order tracker
+      ──► encode + WebSocket frame + socket write ──► 127.0.0.1 TCP ──► server reader task:
+      frame parse + decode of the PlaceOrder
 
 t0 is taken just before another user's ask is injected into the exchange core (through an
 internal session, so the *exchange* emits the OrderOpened that moves the best ask); t1 is when
@@ -24,14 +26,18 @@ With ``--split`` the exchange runs in a child process (``cftrade exchange``-styl
 injector and both timestamps live there) and the runner in this one, so the two no longer
 share a core: closer to a runner trading with a remote exchange, minus the network.
 
-A second, shorter pass (``--breakdown``, in-process mode only) wraps a few runner methods to timestamp each stage:
-``server_to_reader`` (core → server encode/queue/send → TCP → client socket read),
-``decode`` (client frame decode + notice queue), ``queue_to_loop`` (wake of the runner's event
-task), ``book_apply`` (book update up to the strategy hook), ``strategy_risk`` (on_book
-including the risk check, tracker and balance bookkeeping), ``to_dispatch`` (hand-off to the
-dispatcher task), ``encode_send`` (tag, encode, WebSocket send) and ``send_to_server``
-(TCP → server reader → decode).  The wrappers cost a few µs, so the headline figures come
-from the plain pass.
+A second, shorter pass (``--breakdown``, in-process mode only) wraps a few runner and server
+methods to timestamp each stage: ``core_to_write`` (the exchange core handles the injected
+ask up to the server's socket write of the OrderOpened, system call included),
+``write_to_reader`` (the rest of that command, the injector parking, a scheduler pass and
+the I/O poll, the client's read and frame parse), ``decode`` (JSON decode + notice queue),
+``queue_to_core`` (the inline consumer taking the event), ``book_apply`` (book update up to
+the strategy hook), ``strategy_risk`` (on_book including the risk check, tracker and balance
+bookkeeping), ``encode_send`` (the rest of the core's notice handling, tag, encode, mask,
+socket write) and ``send_to_server`` (scheduler pass + I/O poll → server read, parse,
+decode).  The wrappers cost a few µs, so the headline figures come from the plain pass.
+Until 2026-11-24 the path had three more task switches (trio-websocket's reader task and
+channel on each end, the runner's event task and its dispatcher task); see BENCHMARKS.md.
 
 Self-check: every tick produced exactly one PlaceOrder of the expected price and size, every
 one filled completely, user 1's XBT balance grew by exactly ticks × size, no order of user 1
