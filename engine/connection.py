@@ -571,6 +571,8 @@ class Connection:
         if not pending.done.is_set():
             self._pending.pop(tag, None)
             pending.fail(self._lost(pending, _describe_close(e.reason)))
+        # The reader may be waiting on a link that will never deliver again: end it now.
+        self._declare_broken(f"sending failed ({_describe_close(e.reason)})")
 
     def _abandon(self, tag: int, pending: _Pending) -> None:
         # The caller gave up (cancelled).  Keep a tombstone so a late reply is
@@ -776,8 +778,9 @@ class Connection:
             try:
                 with trio.move_on_after(self._options.send_timeout) as scope:
                     await ws.flush()
-            except WebSocketClosed:
-                return  # the reader reports why
+            except WebSocketClosed as e:
+                self._declare_broken(f"sending failed ({_describe_close(e.reason)})")
+                return
             if scope.cancelled_caught:
                 self._declare_broken(
                     f"sending a frame stalled for {self._options.send_timeout:g} s (peer not reading)"

@@ -519,6 +519,15 @@ class _Connection:
         log.warning("%r dropped: send queue overflow (%d frames queued)", self, len(self.outbox))
         self.scope.cancel()
 
+    def drop(self, reason: str) -> None:
+        """End the connection without a close handshake (the transport is broken)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_code = None
+        self.close_reason = reason
+        self.scope.cancel()
+
     def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
@@ -623,10 +632,12 @@ class _Connection:
                     ws.write_nowait(b"".join(frames))
                     counters.frames_sent += len(frames)
                 await ws.flush()
-        except WebSocketClosed:
-            # The peer vanished with frames queued (a reset, a cut link): the reader sees
-            # the same closure and ends the connection.  Raising here would escape
-            # handle_stream and take serve_listeners, i.e. every connection, down with it.
+        except WebSocketClosed as e:
+            # The peer vanished with frames queued (a reset, a cut link).  End this
+            # connection now (the reader may be waiting on a link that will never deliver
+            # again); raising instead would escape handle_stream and take serve_listeners,
+            # i.e. every connection, down with it.
+            self.drop(f"send failed: {e}")
             return
 
     async def _idle_watchdog(self) -> None:
