@@ -511,7 +511,8 @@ class Connection:
             raise ConnectionLost(f"session {self.session}: {self._close_reason}; the command was not sent")
         tag, pending, written = self._write(command, echo)
         if written:
-            await trio.lowlevel.checkpoint()
+            # Sent: a cancellation now would lose the ReplyWaiter of a command on the wire.
+            await trio.lowlevel.cancel_shielded_checkpoint()
         else:
             await self._flush(tag, pending)
         return ReplyWaiter(self, tag, pending)
