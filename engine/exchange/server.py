@@ -294,10 +294,14 @@ class ExchangeServer:
         self._notice_text = _NoticeText()
         self._shutting_down = False
         self._idle_lot = trio.lowlevel.ParkingLot()  # woken whenever a connection ends
-        # While a connection's command runs in the core, frames for every connection are
-        # collected here and written once per connection when it returns (one system call
-        # for the notices and the reply a command causes, instead of one per frame).
+        # While a command runs in the core (from a connection, or an in-process participant
+        # through Exchange.handle), frames for every connection are collected here and
+        # written once per connection when it returns: one system call for the notices (and
+        # the reply) a command causes, instead of one per frame.  _cork_depth nests the
+        # core's own hooks inside a connection reader's command.
         self._corked: list[_Connection] | None = None
+        self._cork_depth = 0
+        exchange.command_hooks = (self._cork_begin, self._cork_end)
         seed = self.options.nonce_seed
         self._nonce_rng = random.Random(seed) if seed is not None else None
 
@@ -410,6 +414,18 @@ class ExchangeServer:
             await trio.aclose_forcefully(stream)
 
     # -- used by connections -----------------------------------------------------------
+
+    def _cork_begin(self) -> None:
+        if self._cork_depth == 0:
+            self._corked = []
+        self._cork_depth += 1
+
+    def _cork_end(self) -> None:
+        self._cork_depth -= 1
+        if self._cork_depth == 0:
+            corked, self._corked = self._corked, None
+            for conn in corked or ():
+                conn._uncork()
 
     def _new_nonce(self) -> bytes:
         if self._nonce_rng is not None:
@@ -593,8 +609,7 @@ class _Connection:
                 reply: Reply = exchange.reply_to_bad_command(session, e)
             else:
                 counters.commands += 1
-                corked: list[_Connection] = []
-                server._corked = corked
+                server._cork_begin()
                 try:
                     reply = exchange.handle(session, cmd)
                     self.send_reply(reply, cmd)
@@ -607,9 +622,7 @@ class _Connection:
                     self.close(CLOSE_INTERNAL, "internal error")
                     return
                 finally:
-                    server._corked = None
-                    for conn in corked:
-                        conn._uncork()
+                    server._cork_end()
                 if self.closed:
                     return
                 continue
