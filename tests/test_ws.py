@@ -94,6 +94,16 @@ class Raw:
             assert f"Sec-WebSocket-Accept: {accept_key(key)}".encode() in head
         return raw
 
+    @classmethod
+    async def accept(cls, stream: trio.SocketStream) -> Raw:
+        """The server role: read the client's handshake and accept it, by hand."""
+        raw = cls(stream)
+        head = (await raw.read_head()).decode()
+        key = next(line.split(": ", 1)[1] for line in head.split("\r\n") if line.lower().startswith("sec-websocket-key"))
+        await stream.send_all(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode())
+        return raw
+
     async def _more(self) -> bool:
         data = await self.stream.receive_some(65536)
         self.buf += data
@@ -288,11 +298,7 @@ async def test_reserved_bits_close_with_1002(nursery):
 
 async def test_client_closes_with_1002_when_the_server_masks(nursery):
     async def masking_server(stream: trio.SocketStream) -> None:
-        raw = Raw(stream)
-        head = (await raw.read_head()).decode()
-        key = next(line.split(": ", 1)[1] for line in head.split("\r\n") if line.lower().startswith("sec-websocket-key"))
-        await stream.send_all(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                              f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode())
+        raw = await Raw.accept(stream)
         await stream.send_all(encode_frame(OP_TEXT, b"masked", mask=True))
         while len(raw.buf) < 2:
             await raw._more()
@@ -312,11 +318,7 @@ async def test_client_frames_are_masked_text_frames(nursery):
     frames: list[bytes] = []
 
     async def sniff(stream: trio.SocketStream) -> None:
-        raw = Raw(stream)
-        head = (await raw.read_head()).decode()
-        key = next(line.split(": ", 1)[1] for line in head.split("\r\n") if line.lower().startswith("sec-websocket-key"))
-        await stream.send_all(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                              f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode())
+        raw = await Raw.accept(stream)
         while len(raw.buf) < 2 + 4 + 5:
             await raw._more()
         frames.append(bytes(raw.buf))

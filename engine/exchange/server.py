@@ -537,14 +537,9 @@ class _Connection:
 
     def drop(self, reason: str) -> None:
         """End the connection without a close handshake (the transport is broken)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.close_code = None
-        self.close_reason = reason
-        self.scope.cancel()
+        self.close(None, reason)
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, code: int | None, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
