@@ -503,7 +503,18 @@ class TradingCore:
         assets = {base_c, *(m.counter.code for m in markets)}
         have = {b.asset: b.balance for b in balances.balances}
         resid = {a: have.get(a, 0) - self.balances.available(a) for a in assets}
-        cands = [lostfills.Candidate(o, o.remaining) for o in closed]
+        # An in-doubt PlaceOrder with no trace (no id, no fill) may never have been placed.
+        # The residuals below assume it was (its reservation came back unseen); if it was
+        # not and our view never counted its reservation (a surprise absorbed it), the
+        # residual reads higher by that reservation.
+        in_doubt = {o.ref for o in report.settled_unknown if o.id is None and not o.filled}
+        cands: list[lostfills.Candidate] = []
+        for o in closed:
+            maybe = o.ref in in_doubt
+            shift = 0
+            if maybe and o.price is not None and o.remaining and not self.balances.reservation_anticipated(o.ref):
+                shift = reserve(o.remaining, o.price, o.market) if o.side is Side.BUY else o.remaining
+            cands.append(lostfills.Candidate(o, o.remaining, None, maybe, shift))
         cands += [lostfills.Candidate(o, r0, rx) for o, r0, rx in report.drift]
         untraded = [(o, o.remaining) for o in closed]
         untraded += [(o, o.remaining) for o in unsent if self.balances.reservation_anticipated(o.ref)]

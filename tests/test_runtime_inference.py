@@ -201,3 +201,50 @@ def test_f1_drifted_ask_still_open_gets_its_lost_quantity():
     assert [e.order for e in events] == [ask]
     assert (ask.filled, ask.filled_total, ask.counter_fees, ask.remaining) == (400_000, 12_000, 1, 600_000)
     assert ask.is_open
+
+
+def test_f1_in_doubt_ask_that_may_never_have_been_placed_is_not_given_an_older_asks_fill(caplog):
+    """Found by the F1 campaign (seed 6): an ask whose PlaceOrder reply died with the link
+    (no id, no fill, absent from GetOrders) had a better price than an older ask that really
+    traded.  Placed or not, the residuals read the same, and the totals differ by less than
+    a unit, so the gap is left alone instead of booking a fill on an order that may never
+    have existed."""
+    core, clock = make_core()
+    older = place(core, 1, Side.SELL, 1_096_783, 2_999_589, oid=1445)
+    doubt = place(core, 2, Side.SELL, 1_000_000, 2_999_507, oid=None)  # reply lost: UNKNOWN
+    # Truth: the older ask sold all 1096783 for 32899 (fee 3); the in-doubt one never existed.
+    with caplog.at_level(logging.WARNING, logger="engine.runtime"):
+        events = reconcile(core, clock, NO_ORDERS, balances(10_000_000 - 1_096_783, 1_000_000 + 32_899 - 3),
+                           volumes(1_096_783, 32_899))
+    assert events == [] and older.filled == doubt.filled == 0
+    assert "answers fit, depending on which in-doubt PlaceOrders (refs [2]) were placed" in caplog.text
+    assert core.inference_skipped == 1
+
+
+def test_f1_in_doubt_order_that_changes_nothing_does_not_block_the_answer():
+    core, clock = make_core()
+    ask = place(core, 1, Side.SELL, 1_000_000, 3_000_000, oid=7)
+    place(core, 2, Side.SELL, 1_000_000, 3_010_000, oid=None)  # reply lost, worse price: untouched either way
+    events = reconcile(core, clock, NO_ORDERS, balances(9_000_000, 1_029_997), volumes(1_000_000, 30_000))
+    assert [e.order for e in events] == [ask]
+    assert (ask.filled, ask.filled_total, ask.counter_fees) == (1_000_000, 30_000, 3)
+
+
+def test_f1_in_doubt_ask_whose_reservation_the_view_never_counted_is_told_apart_by_the_residual():
+    """Found by the F1 campaign (seed 4): a surprise BalanceChanged had absorbed the
+    anticipated reservation of an ask whose reply then died with the link.  Had that ask been
+    placed, its reservation would have come back with the cancel on disconnect; the base
+    residual says it did not, so it was never placed and the older ask sold everything."""
+    from engine.protocol.messages import BalanceChanged
+
+    core, clock = make_core()
+    older = place(core, 1, Side.SELL, 2_000_000, 2_998_986, oid=960)
+    core.balances.on_balance_changed(BalanceChanged(asset=XBT.code, balance=10_000_000 - 2_000_000))  # its reserve
+    core.balances.on_balance_changed(BalanceChanged(asset=XBT.code, balance=7_000_000))  # a surprise -1 XBT
+    doubt = place(core, 2, Side.SELL, 1_000_000, 2_999_040, oid=None)  # its reserve meets the surprise
+    assert not core.balances.reservation_anticipated(doubt.ref)
+    # Truth: the older ask sold its 2 XBT for 59980 (fee 6); the in-doubt one never existed,
+    # and the -1 XBT surprise stays (GetBalances: 10 - 2 - 1 XBT).
+    events = reconcile(core, clock, NO_ORDERS, balances(7_000_000, 1_000_000 + 59_980 - 6), volumes(2_000_000, 59_980))
+    assert [e.order for e in events] == [older] and doubt.filled == 0
+    assert (older.filled, older.filled_total, older.counter_fees) == (2_000_000, 59_980, 6)

@@ -37,7 +37,11 @@ summed per market, hence realized PnL summed over strategies, equal the balances
 **Left alone** (``Unsolved`` with the reason, logged by the caller): residuals that do not
 add up (negative or odd side quantities, a side that cannot absorb its quantity, a fee
 outside [0, 1 %] of the total, totals inconsistent with the limit prices), one side traded
-in two markets at once, or two hypotheses that both fit.
+in two markets at once, or two hypotheses that both fit (:class:`Ambiguous`): a market
+order that may have taken the whole side or nothing, or an in-doubt PlaceOrder (reply
+lost, no trace) whose being placed or not changes who traded.  Leaving a gap alone keeps
+balances exact (GetBalances) and only misses the fill; guessing could book a fill on an
+order that never existed.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from engine.scale import Market, Scales
 from engine.state.orders import Order
 from engine.strategy import Side
 
-__all__ = ["Candidate", "Solution", "Unsolved", "solve", "bid_cap"]
+__all__ = ["Ambiguous", "Candidate", "Solution", "Unsolved", "solve", "bid_cap"]
 
 PPM = 1_000_000
 
@@ -57,11 +61,18 @@ PPM = 1_000_000
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """An order that may have traded in the gap: ``r0`` is its remaining as we last saw it;
-    ``rx`` what GetOrders says is left (``None``: absent from GetOrders, closed)."""
+    ``rx`` what GetOrders says is left (``None``: absent from GetOrders, closed).
+    ``maybe``: a PlaceOrder whose reply was lost and that left no other trace (no id, no
+    fill, absent from GetOrders), so it may never have reached the book at all.  The
+    residuals given to :func:`solve` assume it was placed; ``absent_shift`` is how much
+    higher its asset's residual (base for an ask, counter for a bid) reads if it was not
+    (its reservation, when our view never counted it)."""
 
     order: Order
     r0: int
     rx: int | None = None
+    maybe: bool = False
+    absent_shift: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +89,10 @@ class Solution:
 
 class Unsolved(Exception):
     """The evidence does not determine the lost fills; ``str()`` says why."""
+
+
+class Ambiguous(Unsolved):
+    """More than one answer fits the evidence (as opposed to none)."""
 
 
 def bid_cap(reserved: int, price: int, market: Market, scales: Scales, fee_ppm: int) -> int:
@@ -131,6 +146,10 @@ def _walk(side: list[Candidate], amount: int, caps: dict[int, int], mins: dict[i
     return got
 
 
+MAX_MAYBE = 6
+"""In-doubt PlaceOrders one gap may hold before it is left alone (2**n hypotheses)."""
+
+
 def solve(
     cands: list[Candidate],
     lost_base: int,
@@ -142,7 +161,57 @@ def solve(
 ) -> list[Solution]:
     """Attribute the lost base quantity ``lost_base`` and per-market totals ``lost_total``
     to ``cands`` (all of one base asset) given the traded parts of the residuals
-    ``d_base``/``d_counter`` (see the module docstring).  Raises :class:`Unsolved`."""
+    ``d_base``/``d_counter`` (see the module docstring).  Raises :class:`Unsolved`.
+
+    A ``maybe`` candidate (an in-doubt PlaceOrder) is tried both ways, placed (the
+    residuals as given) and never placed (shifted by its ``absent_shift``); the answer
+    stands only when every hypothesis that fits the evidence gives the same fills (found by the F1 campaign: a phantom ask with a better price took
+    a lost fill that belonged to an older ask behind it)."""
+    maybe = [c for c in cands if c.maybe]
+    if len(maybe) > MAX_MAYBE:
+        raise Unsolved(f"{len(maybe)} in-doubt PlaceOrders in one gap")
+    sure = [c for c in cands if not c.maybe]
+    found: dict[tuple[tuple[int, int, int, int, int], ...], list[Solution]] = {}
+    first: Unsolved | None = None
+    for mask in range(1 << len(maybe)):
+        placed = [c for i, c in enumerate(maybe) if mask >> i & 1]
+        db, dc = d_base, dict(d_counter)
+        for i, c in enumerate(maybe):
+            if not mask >> i & 1 and c.absent_shift:
+                if c.order.side is Side.SELL:
+                    db += c.absent_shift
+                elif c.order.market in dc:
+                    dc[c.order.market] += c.absent_shift
+        try:
+            sol = _solve(sure + placed, lost_base, lost_total, db, dc, scales, fee_ppm)
+        except Ambiguous:
+            raise
+        except Unsolved as e:
+            first = first or e
+            continue
+        key = tuple(sorted((s.order.ref, s.quantity, s.total, s.fee, s.remaining) for s in sol if s.quantity))
+        found.setdefault(key, sol)
+    if len(found) > 1:
+        refs = sorted(c.order.ref for c in maybe)
+        raise Ambiguous(f"{len(found)} answers fit, depending on which in-doubt PlaceOrders (refs {refs}) were placed")
+    if not found:
+        assert first is not None
+        raise first
+    return next(iter(found.values()))
+
+
+def _solve(
+    cands: list[Candidate],
+    lost_base: int,
+    lost_total: dict[Market, int],
+    d_base: int,
+    d_counter: dict[Market, int],
+    scales: Scales,
+    fee_ppm: int = 0,
+) -> list[Solution]:
+    """Attribute the lost base quantity ``lost_base`` and per-market totals ``lost_total``
+    to ``cands`` (all of one base asset) given the traded parts of the residuals
+    ``d_base``/``d_counter`` under one hypothesis: every candidate was on the book."""
     markets = [m for m, t in lost_total.items() if t]
     live = [c for c in cands if c.order.market in markets]
     drift_ask = sum(c.r0 - c.rx for c in live if c.rx is not None and c.order.side is Side.SELL)
@@ -199,7 +268,7 @@ def solve(
             except Unsolved:
                 pass
         if len(options) != 1:
-            raise Unsolved(f"{side.name} side: {len(options)} ways to place {want} fit the evidence")
+            raise (Ambiguous if options else Unsolved)(f"{side.name} side: {len(options)} ways to place {want} fit the evidence")
         base.update(options[0])
     for c in live:
         if c.rx is not None and c.order.side is Side.SELL:
