@@ -10,10 +10,11 @@ section 3.2's oracle must hold exactly (O1..O8 = 0), then again after a graceful
 
 The headline is printed (``pytest -s`` shows it), e.g.::
 
-    F1: 120 disconnects (51 mid-frame), 748 intents, 290 fills, 14 in-doubt PlaceOrders and
-    131 orders closed unseen settled by reconciliation, 109 sessions, 2146 virtual s, seed 11,
-    server handshake crashes 0: O1=0 O2=0 O3=0 O4=0 O5=0 O6=0 O7=0 O8=0 (fills lost with
-    notices: 6) | after shutdown: O1=0 ... O8=0 (fills lost with notices: 6)
+    F1: 120 disconnects (51 mid-frame), 762 intents, 291 fills, 17 in-doubt PlaceOrders and
+    127 orders closed unseen settled by reconciliation, 109 sessions, 2149 virtual s, seed 11,
+    server handshake crashes 0, fills inferred at reconnect 1 (gaps left unexplained 0):
+    O1=0 O2=0 O3=0 O4=0 O5=0 O6=0 O7=0 O8=0 (fills lost with notices: 0) | after shutdown:
+    O1=0 ... O8=0 (fills lost with notices: 0)
 
 (the trio scheduler is not seeded, so the counts vary a little from run to run).
 
@@ -25,7 +26,8 @@ the reconnect from GetTradeVolume and the balance residuals (``engine.state.lost
 The test requires every inferred fill exact (base per order; total and fee within one unit
 per trade, summed exactly), each strategy's position equal to what the exchange's notices of
 its orders add up to, and any fill still missing to sit in a gap the solver logged as
-unexplained (seeds 11, 1-8: 18 fills inferred, 1 gap unexplained in ~1 run of 7).
+unexplained (seeds 1-8, 11-14: 40 fills inferred, 5 gaps unexplained in 12 runs, each an
+in-doubt PlaceOrder that would have taken the fill had it been placed).
 
 Reconnect backoff is shortened (the real one waits up to 30 s, which would only stretch the
 same campaign over more virtual hours); everything else is the production runner.
