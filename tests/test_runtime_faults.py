@@ -62,8 +62,9 @@ from tests.test_runtime_support import (
 
 DROPS = 120
 DOUBT = ("reply lost", "connection lost", "not sent")  # OrderTracker reasons of a PlaceOrder in doubt
-SEEDS = [int(x) for x in os.environ.get("CFTRADE_F1_SEEDS", "11").split(",")]
-"""CI runs one seed; a soak sets e.g. CFTRADE_F1_SEEDS=1,2,3,...,20 (each seed ~10 s)."""
+SEEDS = [int(x) for x in os.environ.get("CFTRADE_F1_SEEDS", "11,4,6,7").split(",")]
+"""CI runs four seeds (each ~3-10 s; 6 and 7 once booked a lost fill on an order that was never
+placed, 4 needs the in-doubt residual shift); a soak sets e.g. CFTRADE_F1_SEEDS=1,2,3,...,20."""
 
 STRATEGIES = """
 strategies:
