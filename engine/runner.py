@@ -64,7 +64,13 @@ from engine.client.notices import FeedGap, ReplyEvent, SessionEnded, SessionStar
 from engine.client.reconnect import ReconnectingClient
 from engine.config import RunConfig
 from engine.connection import Connection, Credentials, ReplyWaiter
-from engine.errors import CoinfloorError, ConnectionLost, ExchangeError, RemoteProtocolError
+from engine.errors import (
+    CoinfloorError,
+    ConnectionLost,
+    ExchangeError,
+    RemoteProtocolError,
+    TonceOutOfSequence,
+)
 from engine.governor import Governor
 from engine.protocol.messages import (
     CancelOrderReply,
@@ -357,10 +363,41 @@ class Runner:
         if len(volumes) == len({a for m in core.books for a in (m.base, m.counter)}):
             core.infer_lost_fills(report, balances, orders, volumes)
         core.on_balances(balances)
+        probe = core.probe_order()
+        if probe is not None:
+            await self._probe(conn, probe)
         if not report.clean:
             log.info("reconciliation: %s", report)
         self._flush()
         self._reconciled.set()
+
+    async def _probe(self, conn: Connection, order: Any) -> None:
+        """Settle a lost-fill gap that only ``order``, an in-doubt PlaceOrder, leaves
+        ambiguous: send the same PlaceOrder again with its tonce (WEBSOCKET-README: that is
+        what the tonce is for).  Error 3 means it was placed before; success means it was
+        not, and it is placed now, as its strategy asked (the tonce rules out a duplicate)."""
+        core = self.core
+        assert core is not None
+        command = core.resubmit_probe(order)
+        self.sent["place"] += 1
+        placed: bool | None
+        try:
+            reply = await conn.request(command)
+        except TonceOutOfSequence as e:
+            core.on_place_reply(order, ErrorReply(error_code=e.error_code, error_msg=e.error_msg))
+            placed = True
+        except ExchangeError as e:  # refused for another reason: says nothing of the first attempt
+            core.on_place_reply(order, ErrorReply(error_code=e.error_code, error_msg=e.error_msg))
+            placed = None
+        except (ConnectionLost, RemoteProtocolError) as e:
+            core.on_place_lost(order, f"connection lost: {e}")
+            core.settle_probe(order, None)
+            raise
+        else:
+            assert isinstance(reply, PlaceOrderReply)
+            core.on_place_reply(order, reply)
+            placed = False
+        core.settle_probe(order, placed)
 
     async def _barrier(self) -> None:
         core = self.core

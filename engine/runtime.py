@@ -41,6 +41,7 @@ from engine.protocol.messages import (
     OrderClosed,
     OrderOpened,
     OrdersMatched,
+    PlaceOrder,
     PlaceOrderReply,
     TickerChanged,
     WatchOrdersReply,
@@ -216,6 +217,8 @@ class TradingCore:
         """Called when an ``on_book`` is first owed (conflation): the runner wakes its timer."""
         self.inference_skipped = 0
         """Reconciliations whose volume gap was left unexplained (logged with the reason)."""
+        self.open_gap: lostfills.Gap | None = None
+        """A gap only one in-doubt PlaceOrder leaves ambiguous (:meth:`probe_order`)."""
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -463,6 +466,7 @@ class TradingCore:
         recorded and the reason is logged; balances are exact either way (GetBalances).
         Returns the Filled events (already applied).
         """
+        self.open_gap = None
         seen, self.volume_seen = self.volume_seen, dict(volumes)
         if seen is None:
             return []
@@ -530,16 +534,72 @@ class TradingCore:
             if o.side is Side.BUY and o.price is not None:
                 a = o.market.counter.code
                 resid[a] = resid.get(a, 0) - (reserve(r0, o.price, o.market) - reserve(rx, o.price, o.market))
+        gap = lostfills.Gap(
+            tuple(c for c in cands if c.order.market.base.code == base_c), q,
+            {m: lost[m.counter.code] for m in markets}, resid.get(base_c, 0),
+            {m: resid.get(m.counter.code, 0) for m in markets}, self.scales, self._fee_ppm_estimate(),
+        )
         try:
-            solution = lostfills.solve(
-                [c for c in cands if c.order.market.base.code == base_c], q,
-                {m: lost[m.counter.code] for m in markets}, resid.get(base_c, 0),
-                {m: resid.get(m.counter.code, 0) for m in markets}, self.scales, self._fee_ppm_estimate(),
-            )
+            solution = gap.solve()
         except lostfills.Unsolved as e:
             log.warning("lost fills (gap %s) not inferred: %s (residuals %s; candidates %s)", lost, e, resid, cands)
             self.inference_skipped += 1
+            if isinstance(e, lostfills.Ambiguous) and len(gap.in_doubt()) == 1:
+                self.open_gap = gap  # the runner may settle it: probe_order / settle_probe
             return []
+        events = self._record_inferred(solution)
+        self.volume_seen = dict(volumes)  # the events were counted above: the gap is closed
+        return events
+
+    def probe_order(self) -> Order | None:
+        """The in-doubt PlaceOrder whose fate alone left the last gap unexplained, if it
+        may be resubmitted with its tonce to learn it (WEBSOCKET-README: the tonce lets a
+        PlaceOrder be resubmitted after a connection failure without risk of a duplicate).
+
+        Only when the answer is conclusive: same CancelAllOrders epoch, its tonce above every
+        confirmed one, and no later PlaceOrder sent (error 3 then means "this one was
+        placed", and success "it was not": it is placed now, as its strategy asked)."""
+        gap = self.open_gap
+        if gap is None:
+            return None
+        (order,) = gap.in_doubt()
+        t = order.tonce
+        if (t is None or order.state is not OrderState.REJECTED or order.closed_confirmed
+                or not self.tonces.may_resubmit(t, order.epoch)):
+            return None
+        later = [o for o in self.tracker if o.tonce is not None and o.tonce > t and o.state is not OrderState.PENDING]
+        return None if later else order
+
+    def resubmit_probe(self, order: Order) -> PlaceOrder:
+        """Mark ``order`` (from :meth:`probe_order`) as sent again; returns its command."""
+        self.tracker.resubmit(order)
+        self.balances.on_place_sent(order)
+        return order.to_command()
+
+    def settle_probe(self, order: Order, placed: bool | None) -> list[Filled]:
+        """The probe's outcome: ``placed`` True (error 3: it was placed before, and it is
+        gone from GetOrders), False (success: it was not, and is placed now), None (no
+        answer).  Solves the open gap again with that fact and records its fills."""
+        gap, self.open_gap = self.open_gap, None
+        if gap is None or placed is None:
+            return []
+        if placed and order.state is OrderState.UNKNOWN:
+            # Placed, and absent from GetOrders: closed while its notices were lost, like a
+            # vanished order (the inferred fill below may take some or all of it).
+            self.tracker.settle_vanished(order, "placed (error 3 on resubmission), absent from GetOrders")
+        try:
+            solution = gap.settle(order, placed)
+        except lostfills.Unsolved as e:
+            log.warning("lost fills not inferred after probing order %s (placed: %s): %s", order.ref, placed, e)
+            return []
+        seen = dict(self.volume_seen or {})
+        events = self._record_inferred(solution)
+        self.volume_seen = seen  # the gap's volume was taken as seen when it was left open
+        self.inference_skipped -= 1
+        log.warning("gap settled by resubmitting order %s (it was %splaced)", order.ref, "" if placed else "not ")
+        return events
+
+    def _record_inferred(self, solution: list[lostfills.Solution]) -> list[Filled]:
         events: list[Filled] = []
         now = self.clock_us()
         for s in solution:
@@ -549,7 +609,6 @@ class TradingCore:
                         s.order, s.quantity, s.total, s.fee)
             self._order_events([ev])
             events.append(ev)
-        self.volume_seen = dict(volumes)  # the events were counted above: the gap is closed
         self.inferred.extend(events)
         self._flush_denials()
         return events

@@ -26,8 +26,8 @@ the reconnect from GetTradeVolume and the balance residuals (``engine.state.lost
 The test requires every inferred fill exact (base per order; total and fee within one unit
 per trade, summed exactly), each strategy's position equal to what the exchange's notices of
 its orders add up to, and any fill still missing to sit in a gap the solver logged as
-unexplained (seeds 1-8, 11-14: 40 fills inferred, 5 gaps unexplained in 12 runs, each an
-in-doubt PlaceOrder that would have taken the fill had it been placed).
+unexplained (seeds 1-8, 11-14: 47 fills inferred, 6 gaps that an in-doubt PlaceOrder left
+ambiguous settled by resubmitting it with its tonce, 0 unexplained).
 
 Reconnect backoff is shortened (the real one waits up to 30 s, which would only stretch the
 same campaign over more virtual hours); everything else is the production runner.

@@ -12,6 +12,7 @@ import logging
 
 from engine.protocol.messages import (
     Balance,
+    ErrorReply,
     GetBalancesReply,
     GetOrdersReply,
     OpenOrder,
@@ -62,8 +63,8 @@ def place(core: TradingCore, ref: int, side: Side, quantity: int, price: int | N
           *, sent: bool = True) -> Order:
     """A PlaceOrder as the core makes it; ``oid`` None: its reply was lost; not ``sent``: still
     queued for the dispatcher (PENDING)."""
-    order = core.tracker.place(ref, XBT_GBP, side, quantity=quantity, price=price, tonce=100 + ref, epoch=0,
-                               strategy="s", persist=False)
+    order = core.tracker.place(ref, XBT_GBP, side, quantity=quantity, price=price, tonce=core.tonces.next(),
+                               epoch=core.tonces.epoch, strategy="s", persist=False)
     core.balances.on_place_sent(order)
     if not sent:
         return order
@@ -248,3 +249,54 @@ def test_f1_in_doubt_ask_whose_reservation_the_view_never_counted_is_told_apart_
     events = reconcile(core, clock, NO_ORDERS, balances(7_000_000, 1_000_000 + 59_980 - 6), volumes(2_000_000, 59_980))
     assert [e.order for e in events] == [older] and doubt.filled == 0
     assert (older.filled, older.filled_total, older.counter_fees) == (2_000_000, 59_980, 6)
+
+
+def _seed6(core: TradingCore, clock: Clock) -> tuple[Order, Order]:
+    """The seed-6 gap: an older ask, and a better-priced ask whose PlaceOrder reply died."""
+    older = place(core, 1, Side.SELL, 1_096_783, 2_999_589, oid=1445)
+    doubt = place(core, 2, Side.SELL, 1_000_000, 2_999_507, oid=None)
+    events = reconcile(core, clock, NO_ORDERS, balances(10_000_000 - 1_096_783, 1_000_000 + 32_899 - 3),
+                       volumes(1_096_783, 32_899))
+    assert events == [] and core.inference_skipped == 1
+    return older, doubt
+
+
+def test_f1_probe_success_means_the_in_doubt_order_was_never_placed_and_settles_the_gap():
+    """The runner resubmits the in-doubt PlaceOrder with its tonce; success proves the first
+    attempt never reached the book (the tonce would have been refused), so the older ask
+    sold everything, and the resubmitted order is live now."""
+    core, clock = make_core()
+    older, doubt = _seed6(core, clock)
+    assert core.probe_order() is doubt
+    cmd = core.resubmit_probe(doubt)
+    assert (cmd.tonce, cmd.quantity, cmd.price) == (doubt.tonce, -1_000_000, 2_999_507)
+    core.on_place_reply(doubt, PlaceOrderReply(tag=9, id=2001, time=5))
+    events = core.settle_probe(doubt, placed=False)
+    assert [e.order for e in events] == [older]
+    assert (older.filled, older.filled_total, older.counter_fees) == (1_096_783, 32_899, 3)
+    assert doubt.state is OrderState.OPEN and doubt.id == 2001 and doubt.filled == 0
+    assert core.inference_skipped == 0 and core.open_gap is None and core.probe_order() is None
+
+
+def test_f1_probe_error_3_means_the_in_doubt_order_was_placed():
+    core, clock = make_core()
+    older, doubt = _seed6(core, clock)
+    assert core.probe_order() is doubt
+    core.resubmit_probe(doubt)
+    core.on_place_reply(doubt, ErrorReply(tag=9, error_code=3, error_msg="Tonce is out of sequence."))
+    events = core.settle_probe(doubt, placed=True)
+    # Placed, it had the better price: it sold its 1 XBT first, the older ask the rest.
+    assert {e.order.ref: e.fill.quantity for e in events} == {2: 1_000_000, 1: 96_783}
+    assert doubt.is_terminal and doubt.remaining == 0 and core.inference_skipped == 0
+    assert all(d.ref != doubt.ref for d in core.balances.anticipated())  # its error took the probe's reservation
+
+
+def test_f1_no_probe_when_a_later_place_order_was_sent():
+    """Error 3 would then only say "a tonce >= this one succeeded": inconclusive."""
+    core, clock = make_core()
+    place(core, 1, Side.SELL, 1_096_783, 2_999_589, oid=1445)
+    doubt = place(core, 2, Side.SELL, 1_000_000, 2_999_507, oid=None)
+    place(core, 3, Side.BUY, 1_000_000, 2_900_000, oid=None)  # sent after it, reply lost too
+    reconcile(core, clock, NO_ORDERS, balances(10_000_000 - 1_096_783, 1_000_000 + 32_899 - 3),
+              volumes(1_096_783, 32_899))
+    assert doubt.state is OrderState.REJECTED and core.probe_order() is None

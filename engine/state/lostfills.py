@@ -46,14 +46,14 @@ order that never existed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 
 from engine.scale import Market, Scales
 from engine.state.orders import Order
 from engine.strategy import Side
 
-__all__ = ["Ambiguous", "Candidate", "Solution", "Unsolved", "solve", "bid_cap"]
+__all__ = ["Ambiguous", "Candidate", "Gap", "Solution", "Unsolved", "solve", "bid_cap"]
 
 PPM = 1_000_000
 
@@ -198,6 +198,45 @@ def solve(
         assert first is not None
         raise first
     return next(iter(found.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """The evidence of one gap (the arguments of :func:`solve`), kept so that a gap only
+    an in-doubt PlaceOrder makes ambiguous can be solved again once that order's fate is
+    known (the runner resubmits it with its tonce: error 3 means it was placed)."""
+
+    cands: tuple[Candidate, ...]
+    lost_base: int
+    lost_total: dict[Market, int]
+    d_base: int
+    d_counter: dict[Market, int]
+    scales: Scales
+    fee_ppm: int = 0
+
+    def solve(self) -> list[Solution]:
+        """:func:`solve` on this evidence."""
+        return solve(list(self.cands), self.lost_base, self.lost_total, self.d_base, self.d_counter,
+                     self.scales, self.fee_ppm)
+
+    def in_doubt(self) -> list[Order]:
+        """The in-doubt PlaceOrders among the candidates."""
+        return [c.order for c in self.cands if c.maybe]
+
+    def settle(self, order: Order, placed: bool) -> list[Solution]:
+        """Solve again knowing whether in-doubt ``order`` was ``placed`` before the gap."""
+        cands: list[Candidate] = []
+        d_base, d_counter = self.d_base, dict(self.d_counter)
+        for c in self.cands:
+            if c.order is not order:
+                cands.append(c)
+            elif placed:
+                cands.append(replace(c, maybe=False))
+            elif c.order.side is Side.SELL:
+                d_base += c.absent_shift
+            elif c.order.market in d_counter:
+                d_counter[c.order.market] += c.absent_shift
+        return solve(cands, self.lost_base, self.lost_total, d_base, d_counter, self.scales, self.fee_ppm)
 
 
 def _solve(

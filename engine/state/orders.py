@@ -769,6 +769,15 @@ class OrderTracker:
             report.vanished.append(order)
         return report
 
+    def settle_vanished(self, order: Order, reason: str) -> None:
+        """An order known to have been placed and absent from GetOrders: closed while its
+        notices were lost, FILLED or CANCELLED provisionally (as an audit's ``vanished``)."""
+        if order.is_terminal:
+            return
+        order.reason = reason
+        target = OrderState.FILLED if order.remaining == 0 else OrderState.CANCELLED
+        self._close(order, target, self._clock(), confirmed=False)
+
     def record_inferred_fill(
         self,
         order: Order,
