@@ -39,7 +39,9 @@ add up (negative or odd side quantities, a side that cannot absorb its quantity,
 outside [0, 1 %] of the total, totals inconsistent with the limit prices), one side traded
 in two markets at once, or two hypotheses that both fit (:class:`Ambiguous`): a market
 order that may have taken the whole side or nothing, or an in-doubt PlaceOrder (reply
-lost, no trace) whose being placed or not changes who traded.  Leaving a gap alone keeps
+lost, no trace) whose being placed or not changes who traded (when it is the only one, the
+runner learns its fate by resubmitting it with its tonce and solves the kept :class:`Gap`
+again).  Leaving a gap alone keeps
 balances exact (GetBalances) and only misses the fill; guessing could book a fill on an
 order that never existed.
 """
