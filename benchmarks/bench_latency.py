@@ -2,9 +2,11 @@
 
 ``cftrade bench latency`` prints one JSON line.  What is timed, per tick::
 
-    exchange core emits a notice ──► server writes it ──► 127.0.0.1 TCP ──► client reader decodes
-      ──► runner event loop: book.apply ──► strategy.on_book ──► risk gate ──► order tracker
-      ──► dispatcher: encode + send ──► 127.0.0.1 TCP ──► server reads and decodes the PlaceOrder
+    exchange core emits a notice ──► server writes it to the socket (engine.ws, in the core's call)
+      ──► 127.0.0.1 TCP ──► client reader task: frame parse + decode ──► in the same task
+      (Runner._inline): book.apply ──► strategy.on_book ──► risk gate ──► order tracker
+      ──► encode + WebSocket frame + socket write ──► 127.0.0.1 TCP ──► server reader task:
+      frame parse + decode of the PlaceOrder
 
 t0 is taken just before another user's ask is injected into the exchange core (through an
 internal session, so the *exchange* emits the OrderOpened that moves the best ask); t1 is when
@@ -24,14 +26,18 @@ With ``--split`` the exchange runs in a child process (``cftrade exchange``-styl
 injector and both timestamps live there) and the runner in this one, so the two no longer
 share a core: closer to a runner trading with a remote exchange, minus the network.
 
-A second, shorter pass (``--breakdown``, in-process mode only) wraps a few runner methods to timestamp each stage:
-``server_to_reader`` (core → server encode/queue/send → TCP → client socket read),
-``decode`` (client frame decode + notice queue), ``queue_to_loop`` (wake of the runner's event
-task), ``book_apply`` (book update up to the strategy hook), ``strategy_risk`` (on_book
-including the risk check, tracker and balance bookkeeping), ``to_dispatch`` (hand-off to the
-dispatcher task), ``encode_send`` (tag, encode, WebSocket send) and ``send_to_server``
-(TCP → server reader → decode).  The wrappers cost a few µs, so the headline figures come
-from the plain pass.
+A second, shorter pass (``--breakdown``, in-process mode only) wraps a few runner and server
+methods to timestamp each stage: ``core_to_write`` (the exchange core handles the injected
+ask up to the server's socket write of the OrderOpened, system call included),
+``write_to_reader`` (the rest of that command, the injector parking, a scheduler pass and
+the I/O poll, the client's read and frame parse), ``decode`` (JSON decode + notice queue),
+``queue_to_core`` (the inline consumer taking the event), ``book_apply`` (book update up to
+the strategy hook), ``strategy_risk`` (on_book including the risk check, tracker and balance
+bookkeeping), ``encode_send`` (the rest of the core's notice handling, tag, encode, mask,
+socket write) and ``send_to_server`` (scheduler pass + I/O poll → server read, parse,
+decode).  The wrappers cost a few µs, so the headline figures come from the plain pass.
+Until 2026-11-24 the path had three more task switches (trio-websocket's reader task and
+channel on each end, the runner's event task and its dispatcher task); see BENCHMARKS.md.
 
 Self-check: every tick produced exactly one PlaceOrder of the expected price and size, every
 one filled completely, user 1's XBT balance grew by exactly ticks × size, no order of user 1
@@ -199,9 +205,9 @@ class Injector:
         self.arrived = trio.Event()
         price = BASE_PRICE - (k % 100)
         cmd = PlaceOrder(base=XBT.code, counter=GBP.code, quantity=-SIZE, price=price)
-        t0 = time.perf_counter_ns()
-        self.exchange.handle(self.session, cmd)  # the core delivers OrderOpened to the runner now
-        with trio.fail_after(5):
+        with trio.fail_after(5):  # entered before t0: the harness's own cost stays outside
+            t0 = time.perf_counter_ns()
+            self.exchange.handle(self.session, cmd)  # the core delivers OrderOpened to the runner now
             await self.arrived.wait()
             if settled is not None:
                 await settled()
@@ -230,7 +236,7 @@ class Injector:
 
 
 class Stages:
-    """In-process breakdown: stage timestamps from wrappers on runner instances."""
+    """In-process breakdown: stage timestamps from wrappers on runner and server instances."""
 
     def __init__(self, runner: BenchRunner) -> None:
         core, client = runner.core, runner.client
@@ -238,44 +244,55 @@ class Stages:
         conn: Any = client.connection
         self.stamps: dict[str, int] = {}
         stamps = self.stamps
-        on_frame, on_notice, send = conn._on_frame, core.on_notice, client.send
+        on_frame, on_notice = conn._on_frame, core.on_notice
+        ws: Any = conn._ws
+        receive, client_write = ws.receive, ws.write_nowait
+        server_ws: Any = next(c.ws for c in runner.server._open if c.session.user_id == USER)
+        server_write = server_ws.write_nowait
+
+        def written(data: bytes) -> bool:
+            done = server_write(data)
+            if "t0" in stamps and "written" not in stamps:
+                stamps["written"] = time.perf_counter_ns()
+            return done
+
+        async def receiving() -> Any:
+            message = await receive()
+            if "written" in stamps and "frame" not in stamps:
+                stamps["frame"] = time.perf_counter_ns()
+            return message
 
         def frame(message: Any) -> None:
-            if "tick" not in stamps and '"OrderOpened"' in message:
-                stamps["frame"] = time.perf_counter_ns()
-                on_frame(message)
+            on_frame(message)
+            if "frame" in stamps and "decoded" not in stamps:
                 stamps["decoded"] = time.perf_counter_ns()
-                stamps["tick"] = 1
-            else:
-                on_frame(message)
 
         def notice(n: Any) -> None:
-            if "rx" not in stamps and "tick" in stamps:
+            if "decoded" in stamps and "rx" not in stamps:
                 stamps["rx"] = time.perf_counter_ns()
             on_notice(n)
 
-        async def sending(cmd: Any, **kw: Any) -> Any:
-            if type(cmd) is PlaceOrder and "send0" not in stamps:
-                stamps["send0"] = time.perf_counter_ns()
-                waiter = await send(cmd, **kw)
+        def sent(data: bytes) -> bool:
+            done = client_write(data)
+            if "rx" in stamps and "send1" not in stamps:
                 stamps["send1"] = time.perf_counter_ns()
-                return waiter
-            return await send(cmd, **kw)
+            return done
 
-        targets: list[Any] = [conn, core, client]
-        targets[0]._on_frame = frame
-        targets[1].on_notice = notice
-        targets[2].send = sending
+        server_ws.write_nowait = written
+        ws.receive, ws.write_nowait = receiving, sent
+        conn._on_frame = frame
+        targets: list[Any] = [core]
+        targets[0].on_notice = notice
 
 
 BREAKDOWN = [
-    ("server_to_reader", "t0", "frame"),
+    ("core_to_write", "t0", "written"),
+    ("write_to_reader", "written", "frame"),
     ("decode", "frame", "decoded"),
-    ("queue_to_loop", "decoded", "rx"),
+    ("queue_to_core", "decoded", "rx"),
     ("book_apply", "rx", "hook"),
     ("strategy_risk", "hook", "emitted"),
-    ("to_dispatch", "emitted", "send0"),
-    ("encode_send", "send0", "send1"),
+    ("encode_send", "emitted", "send1"),
     ("send_to_server", "send1", "t1"),
 ]
 
@@ -333,6 +350,7 @@ async def run_inprocess(ticks: int, breakdown_ticks: int, rate: float, warmup: i
                 for k in range(breakdown_ticks):
                     await trio.sleep_until(start2 + k / rate)
                     st.clear()
+                    st["t0"] = time.perf_counter_ns()  # refined below to the injector's own t0
                     totals.append(await inj.tick(warmup + ticks + k, settled))
                     st["t0"], st["t1"] = inj.t0, inj.t1 or 0
                     st["hook"], st["emitted"] = taker.marks[-1]
@@ -416,6 +434,9 @@ async def serve_split(ticks: int, rate: float, warmup: int) -> int:
 
 
 async def run_split(ticks: int, rate: float, warmup: int) -> dict[str, Any]:
+    # The child collects before its timed ticks; so does this side, or a full collection of
+    # what the in-process pass left (about 50 ms) lands among the split ticks.
+    gc.collect()
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "benchmarks.bench_latency", "--serve-split", "--ticks", str(ticks),
          "--rate", str(rate), "--warmup", str(warmup)],

@@ -82,7 +82,9 @@ def run(data: Path, config: Path, seed: int, check_events: int) -> dict[str, Any
     load_s = time.perf_counter() - t0
     rss_loaded = _current_rss_mib()
     result = run_backtest(str(config), rd, ReplayOptions(seed=seed))
-    rss_peak = _rss_mib()
+    # ru_maxrss and /proc's current RSS count slightly differently: when this process peaked
+    # before (a test run), the peak could read a few hundred KiB below the start.
+    rss_peak = max(_rss_mib(), rss0, rss_loaded)
     report = build_report(result)
     name = result.strategies[0]
     m = report.strategies[name]

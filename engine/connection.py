@@ -1,6 +1,7 @@
-"""One authenticated WebSocket session with the Coinfloor trade engine (trio + trio-websocket).
+"""One authenticated WebSocket session with the Coinfloor trade engine (trio + :mod:`engine.ws`).
 
-This is the only client module that imports ``trio_websocket``.  Typical use::
+The WebSocket itself is :mod:`engine.ws` (a lean RFC 6455 transport: frames parsed in the
+reader task, sends written straight to the socket).  Typical use::
 
     creds = Credentials.from_env()                     # CF_USER_ID, CF_COOKIE, CF_PASSPHRASE
     async with open_connection("wss://apiv2.coinfloor.co.uk/", creds, governor=Governor()) as conn:
@@ -49,9 +50,16 @@ without a reconciliation.  A frame larger than ``max_frame`` closes the connecti
 
 **Liveness** (F7).  After ``ping_interval`` (45 s) without receiving anything, the client sends
 a WebSocket ping; no pong within ``pong_timeout`` (15 s) means a dead peer or a half-open TCP
-connection, and the connection is closed.  trio-websocket's internal queue is sized well above
-1 (``message_queue_size``, RELIABILITY 0.5) and drained by a reader that never blocks, so
-pongs are never stuck behind a slow application.
+connection, and the connection is closed.  The reader task parses frames itself and never
+waits for the application, so pongs are never stuck behind a slow application
+(RELIABILITY 0.5: there is no intermediate message queue that could fill up).
+
+**Inline consumer** (latency).  An application may set :attr:`ReconnectingClient.after_frame`
+(or ``_Shared.after_frame``): a plain ``def`` the reader calls right after each frame was
+decoded and queued.  The runner uses it to take the queued events and send its orders in
+the reader's own task (:meth:`Connection.send_nowait`), which saves the task switches of a
+separate consumer on every tick.  It must not block; the queue keeps its policy for events
+nobody takes there.
 """
 
 from __future__ import annotations
@@ -70,8 +78,6 @@ from typing import Any, NoReturn
 
 import msgspec
 import trio
-import trio_websocket
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from engine.client.notices import (
     Event,
@@ -88,8 +94,10 @@ from engine.errors import (
     ConnectFailed,
     ConnectionLost,
     ExchangeError,
+    HandshakeFailed,
     RemoteProtocolError,
     SecretError,
+    WebSocketClosed,
 )
 from engine.governor import Governor, metric_for
 from engine.protocol import auth
@@ -106,6 +114,8 @@ from engine.protocol.messages import (
     Welcome,
 )
 from engine.secret import Secret
+from engine.ws import CloseReason, WebSocket
+from engine.ws import connect as ws_connect
 
 __all__ = [
     "DEFAULT_URL",
@@ -201,7 +211,7 @@ class ConnectionOptions:
     handshake_timeout: float = 10.0  # Welcome, then the Authenticate reply
     send_timeout: float = 10.0  # one frame; longer means the peer stopped reading
     close_timeout: float = 2.0  # graceful close handshake
-    message_queue_size: int = 1024  # trio-websocket's internal queue (never 1: RELIABILITY 0.5)
+    message_queue_size: int = 1024  # unused since engine.ws (no internal queue); kept for configs
     max_frame: int = 1 << 20  # larger frames close the connection with 1009
     max_own_notices: int = 10_000
     max_public_notices: int = 10_000
@@ -285,6 +295,7 @@ class _Shared:
         self.sessions = 0
         self.unknown_names: set[str] = set()
         self.logs = _LogLimiter()
+        self.after_frame: Callable[[], None] | None = None
 
 
 def _statistics(
@@ -311,7 +322,7 @@ def _statistics(
 
 
 class _Pending:
-    __slots__ = ("command", "reply_type", "echo", "done", "reply", "error")
+    __slots__ = ("command", "reply_type", "echo", "done", "reply", "error", "callback")
 
     def __init__(self, command: Command, reply_type: type[Reply], echo: bool) -> None:
         self.command = command
@@ -320,6 +331,7 @@ class _Pending:
         self.done = trio.Event()
         self.reply: Reply | None = None
         self.error: BaseException | None = None
+        self.callback: Callable[[], None] | None = None
 
     @property
     def method(self) -> str:
@@ -332,19 +344,20 @@ class _Pending:
     def resolve(self, reply: Reply) -> None:
         self.reply = reply
         self.done.set()
+        if self.callback is not None:
+            self.callback()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
         self.done.set()
+        if self.callback is not None:
+            self.callback()
 
 
-def _describe_close(reason: trio_websocket.CloseReason | None) -> str:
-    if reason is None:
+def _describe_close(reason: CloseReason | object | None) -> str:
+    if not isinstance(reason, CloseReason):
         return "connection closed"
-    text = f"{reason.code} {reason.name}"
-    if reason.reason:
-        text += f": {reason.reason[:120]}"
-    return text
+    return str(reason)
 
 
 # -- the connection ----------------------------------------------------------------------
@@ -364,6 +377,11 @@ class ReplyWaiter:
     def tag(self) -> int:
         return self._tag
 
+    @property
+    def done(self) -> bool:
+        """True once the reply, or the loss of the connection, is known."""
+        return self._pending.done.is_set()
+
     async def wait(self) -> Reply:
         """The reply; raises like :meth:`Connection.request`."""
         pending = self._pending
@@ -372,6 +390,13 @@ class ReplyWaiter:
         finally:
             if not pending.done.is_set():
                 self._conn._abandon(self._tag, pending)
+        return self.result()
+
+    def result(self) -> Reply:
+        """The reply once :attr:`done` (raises like :meth:`wait`); ``trio.WouldBlock`` before."""
+        pending = self._pending
+        if not pending.done.is_set():
+            raise trio.WouldBlock
         if pending.error is not None:
             raise pending.error
         reply = pending.reply
@@ -380,13 +405,30 @@ class ReplyWaiter:
             raise ExchangeError.from_reply(reply.error_code, reply.error_msg)
         return reply
 
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (a plain ``def`` that must not raise) as soon as :attr:`done`:
+        in the task that learns the outcome (the reader for a reply), or now if it is known.
+        This is :meth:`wait` without a task per command (the runner's orders)."""
+        if self._pending.done.is_set():
+            callback()
+        else:
+            self._pending.callback = callback
+
+    def abandon(self) -> None:
+        """Stop waiting (a timeout): a reply arriving later is late (a ``ReplyEvent`` with
+        ``late=True`` in the notice stream) and the callback is not called."""
+        pending = self._pending
+        if not pending.done.is_set():
+            pending.callback = None
+            self._conn._abandon(self._tag, pending)
+
 
 class Connection:
     """An open session; made by :func:`open_connection`, not directly."""
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         stream: trio.abc.Stream,
         target: Target,
         *,
@@ -414,6 +456,8 @@ class Connection:
         self._bg_scope = trio.CancelScope()
         self._last_rx = trio.current_time()
         self._ping_ids = itertools.count(1)
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._writes = 0  # commands written (the reader's yield after sending)
         self.user_id: int | None = None
 
     # -- public API ----------------------------------------------------------------------
@@ -465,24 +509,71 @@ class Connection:
         if self._close_reason is not None:
             await trio.lowlevel.checkpoint()
             raise ConnectionLost(f"session {self.session}: {self._close_reason}; the command was not sent")
+        tag, pending, written = self._write(command, echo)
+        if written:
+            # Sent: a cancellation now would lose the ReplyWaiter of a command on the wire.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await self._flush(tag, pending)
+        return ReplyWaiter(self, tag, pending)
+
+    def send_nowait(self, command: Command, *, echo: bool = False) -> ReplyWaiter:
+        """:meth:`send` without waiting: the frame is written to the socket now.
+
+        Raises ``trio.WouldBlock`` (nothing sent, no token taken) when the governor has no
+        token for it right now or other writes are still in progress, and
+        :class:`ConnectionLost` when the connection is closed.  Bytes the socket does not
+        take at once are written by the connection's writer task, in order.
+        """
+        if self._close_reason is not None:
+            raise ConnectionLost(f"session {self.session}: {self._close_reason}; the command was not sent")
+        if self._ws.pending_bytes or self._ws.sending:
+            raise trio.WouldBlock
+        if self._governor is not None:
+            metric = metric_for(command)
+            if metric is not None:
+                if self._governor.waiting(metric) or self._governor.headroom(metric) < 1:
+                    raise trio.WouldBlock
+                self._governor.acquire_nowait(metric)
+        tag, pending, written = self._write(command, echo)
+        if not written and self._close_reason is None:
+            self._writer_lot.unpark_all()
+        return ReplyWaiter(self, tag, pending)
+
+    def _write(self, command: Command, echo: bool) -> tuple[int, _Pending, bool]:
+        """Tag, encode and queue one command on the socket (written at once if it can be)."""
         tag = next(self._shared.tags)
+        self._writes += 1
         command = msgspec.structs.replace(command, tag=tag)
-        text = CODEC.encode(command).decode("utf-8")
         pending = _Pending(command, REPLY_FOR[type(command)], echo)
         self._pending[tag] = pending
+        if log.isEnabledFor(logging.DEBUG):  # the method and tag only: fields may hold secrets
+            log.debug("session %d: sending %s (tag %d)", self.session, pending.method, tag)
+        try:
+            written = self._ws.write_nowait(self._ws.text_frame(CODEC.encode(command)))
+        except WebSocketClosed as e:
+            self._on_send_closed(tag, pending, e)
+            return tag, pending, True
+        return tag, pending, written
+
+    async def _flush(self, tag: int, pending: _Pending) -> None:
         try:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(self._options.send_timeout) as send_scope:
-                    await self._ws.send_message(text)
+                    await self._ws.flush()
             if send_scope.cancelled_caught:
                 self._declare_broken(
                     f"sending a frame stalled for {self._options.send_timeout:g} s (peer not reading)"
                 )
-        except ConnectionClosed as e:
-            if not pending.done.is_set():
-                self._pending.pop(tag, None)
-                pending.fail(self._lost(pending, _describe_close(e.reason)))
-        return ReplyWaiter(self, tag, pending)
+        except WebSocketClosed as e:
+            self._on_send_closed(tag, pending, e)
+
+    def _on_send_closed(self, tag: int, pending: _Pending, e: WebSocketClosed) -> None:
+        if not pending.done.is_set():
+            self._pending.pop(tag, None)
+            pending.fail(self._lost(pending, _describe_close(e.reason)))
+        # The reader may be waiting on a link that will never deliver again: end it now.
+        self._declare_broken(f"sending failed ({_describe_close(e.reason)})")
 
     def _abandon(self, tag: int, pending: _Pending) -> None:
         # The caller gave up (cancelled).  Keep a tombstone so a late reply is
@@ -572,11 +663,12 @@ class Connection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._keepalive)
+                    nursery.start_soon(self._writer)
                     task_status.started()
         finally:
             self._mark_dead("closed")
-            # When an enclosing scope is cancelled, trio-websocket's reader task is being
-            # cancelled too and could never see the peer's close frame: skip the handshake.
+            # When an enclosing scope is cancelled, nobody may wait for the peer's close
+            # frame: skip the handshake.
             graceful = not self._broken and trio.current_effective_deadline() != -math.inf
             with trio.CancelScope(shield=True):
                 await self._close_transport(graceful)
@@ -586,7 +678,7 @@ class Connection:
         if graceful and self._ws.closed is None:
             with trio.move_on_after(self._options.close_timeout):
                 await self._ws.aclose()
-        # trio-websocket leaves the stream open after some closes (e.g. 1009); make sure.
+        self._ws.abort()
         await trio.aclose_forcefully(self._stream)
 
     async def _authenticate(self, credentials: Credentials, server_nonce: bytes) -> None:
@@ -619,12 +711,34 @@ class Connection:
     # -- background tasks ------------------------------------------------------------------
 
     async def _reader(self) -> None:
+        shared = self._shared
+        ws = self._ws
         try:
             while True:
-                message = await self._ws.get_message()
+                message = await ws.receive()
                 self._last_rx = trio.current_time()
-                self._on_frame(message)
-        except ConnectionClosed as e:
+                after = shared.after_frame
+                if after is None:
+                    self._on_frame(message)
+                    continue
+                queue = shared.queue
+                queue.defer_wakeups()
+                writes = self._writes
+                try:
+                    self._on_frame(message)
+                    after()
+                finally:
+                    queue.resume_wakeups()
+                if self._writes != writes:
+                    # We just sent commands from this task.  Step back twice before parsing
+                    # on: the first checkpoint lets the tasks already ready run, the second
+                    # also those that the I/O poll between the two scheduler passes made
+                    # ready, such as an in-process exchange reading what we sent.  Without
+                    # it, frames already buffered here (a ticker behind the notice we
+                    # answered) would be handled first half the time (trio orders each pass at random).
+                    await trio.lowlevel.checkpoint()
+                    await trio.lowlevel.checkpoint()
+        except WebSocketClosed as e:
             reason = e.reason
             if reason is not None and reason.code == 1009:
                 self._shared.counters.oversized_frames += 1
@@ -645,7 +759,7 @@ class Connection:
             try:
                 with trio.move_on_after(opts.pong_timeout) as scope:
                     await self._ws.ping(payload)
-            except ConnectionClosed:
+            except WebSocketClosed:
                 return  # the reader reports why
             if scope.cancelled_caught:
                 self._shared.counters.dead_peers += 1
@@ -655,6 +769,24 @@ class Connection:
                 )
                 return
             self._last_rx = trio.current_time()
+
+    async def _writer(self) -> None:
+        """Writes what :meth:`send_nowait` could not (the socket was full, or TLS)."""
+        ws = self._ws
+        while True:
+            while not ws.pending_bytes:
+                await self._writer_lot.park()
+            try:
+                with trio.move_on_after(self._options.send_timeout) as scope:
+                    await ws.flush()
+            except WebSocketClosed as e:
+                self._declare_broken(f"sending failed ({_describe_close(e.reason)})")
+                return
+            if scope.cancelled_caught:
+                self._declare_broken(
+                    f"sending a frame stalled for {self._options.send_timeout:g} s (peer not reading)"
+                )
+                return
 
     # -- frame handling (plain def: the reader never waits on the application) ----------------
 
@@ -675,6 +807,9 @@ class Connection:
         except RemoteProtocolError as e:
             self._on_malformed(message, e)
             return
+        if log.isEnabledFor(logging.DEBUG):
+            what = f"reply (tag {frame.tag})" if isinstance(frame, ReplyFrame) else type(frame).__name__
+            log.debug("session %d: received %s, %d bytes", self.session, what, len(message))
         if isinstance(frame, ReplyFrame):
             self._on_reply(frame)
         elif isinstance(frame, Welcome):
@@ -754,37 +889,6 @@ async def _dial(target: Target) -> trio.abc.Stream:
     return tls
 
 
-async def _host_websocket(
-    stream: trio.abc.Stream,
-    target: Target,
-    options: ConnectionOptions,
-    *,
-    task_status: trio.TaskStatus[WebSocketConnection] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Own trio-websocket's reader task, so that a handshake rejection (raised in that task)
-    reaches the opener as ConnectFailed instead of crashing an outer nursery."""
-    started = False
-    try:
-        async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery,
-                stream,  # type: ignore[arg-type]  # any trio Stream works
-                target.host_header,
-                target.resource,
-                message_queue_size=options.message_queue_size,
-                max_message_size=options.max_frame,
-            )
-            started = True
-            task_status.started(ws)
-    except BaseExceptionGroup as group:
-        if started:
-            raise
-        rejected = group.subgroup(lambda e: isinstance(e, trio_websocket.HandshakeError))
-        if rejected is None:
-            raise
-        raise ConnectFailed(f"WebSocket handshake with {target.url} failed: {rejected.exceptions[0]!r}") from None
-
-
 async def _establish(
     nursery: trio.Nursery,
     target: Target,
@@ -799,9 +903,12 @@ async def _establish(
     try:
         with trio.fail_after(options.connect_timeout):
             stream = await (dial or _dial)(target)
-            ws = await nursery.start(_host_websocket, stream, target, options)
+            try:
+                ws = await ws_connect(stream, target.host_header, target.resource, max_message_size=options.max_frame)
+            except HandshakeFailed as e:
+                raise ConnectFailed(f"WebSocket handshake with {target.url} failed: {e}") from None
         with trio.fail_after(options.handshake_timeout):
-            first = await ws.get_message()
+            first = await ws.receive()
         frame = CODEC.decode_server_frame(first)
         if not isinstance(frame, Welcome):
             raise RemoteProtocolError(f"the first frame must be Welcome, got {type(frame).__name__}")
@@ -815,7 +922,7 @@ async def _establish(
         where = f"{target.host}:{target.port}"
         if isinstance(e, trio.TooSlowError):
             raise ConnectFailed(f"no WebSocket session with {where} within the connect/handshake timeout") from None
-        if isinstance(e, ConnectionClosed):
+        if isinstance(e, WebSocketClosed):
             raise ConnectFailed(f"{where} closed the connection before Welcome ({_describe_close(e.reason)})") from None
         if isinstance(e, RemoteProtocolError):
             raise ConnectFailed(f"bad Welcome from {where}: {e}") from e

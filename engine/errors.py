@@ -22,13 +22,17 @@ Every error says whose fault it is::
     ├── RateLimited              our own governor refused a token (acquire_nowait)
     ├── RiskDenied               the risk governor refused an intent, with a reason
     └── ConnectionLost           the transport closed or died under a pending command
+        ├── WebSocketClosed      the WebSocket closed (engine.ws), with its close code
         └── ConnectFailed        opening the connection failed; no trading command was sent
+            └── HandshakeFailed  the WebSocket opening handshake failed (HTTP status)
 
 ``ExchangeError.from_reply(code, msg)`` picks the subclass from the code, so callers can
 ``except TonceOutOfSequence`` without comparing integers.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class CoinfloorError(Exception):
@@ -188,3 +192,27 @@ class InvalidTransition(LocalProtocolError):
 class ConnectFailed(ConnectionLost):
     """Opening a connection failed: DNS, TCP, TLS verification, the WebSocket handshake, a
     missing or bad Welcome, or no reply to Authenticate.  No trading command was sent."""
+
+
+class WebSocketClosed(ConnectionLost):
+    """The WebSocket (engine.ws) is closed: ``close`` is its :class:`engine.ws.CloseReason`
+    (``.code``: 1005 when the peer gave no code, 1006 when the TCP connection ended without
+    a close frame; ``.reason``: the text)."""
+
+    def __init__(self, close: Any) -> None:
+        super().__init__(str(close))
+        self.close = close
+
+    @property
+    def reason(self) -> Any:
+        """The :class:`engine.ws.CloseReason` (named like trio-websocket's ConnectionClosed)."""
+        return self.close
+
+
+class HandshakeFailed(ConnectFailed):
+    """The WebSocket opening handshake failed (engine.ws); ``status`` is the HTTP status
+    the server answered or sent (0 when there was none)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status

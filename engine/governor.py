@@ -290,6 +290,10 @@ class Governor:
                 # us a hair short, and acquire_nowait callers may take the freed token.
                 await trio.sleep(wait)
 
+    def waiting(self, metric: str) -> bool:
+        """True while a task waits in :meth:`acquire` for ``metric`` (it comes first)."""
+        return self._metric(metric).lock.locked()
+
     def headroom(self, metric: str) -> int:
         """Tokens of ``metric`` that :meth:`acquire_nowait` could take right now."""
         now = trio.current_time()

@@ -13,8 +13,8 @@ synchronous code, so no two tasks ever interleave inside a state change):
   reconnects with backoff, re-authenticates and re-subscribes; on every (re)connect the
   ``reconcile`` callback runs GetBalances and GetOrders *before* anything else is sent;
 * the **event loop**: the ordered notice stream -> TradingCore (book, orders, balances,
-  positions, strategy hooks, risk) -> commands in ``core.outbox`` -> one sender task per
-  command (pipelined through the rate-limit governor);
+  positions, strategy hooks, risk) -> commands in ``core.outbox`` -> the one writer of order
+  commands (pipelined through the rate-limit governor; replies awaited by one task each);
 * **timers** per strategy, the periodic **audit** (GetOrders), the risk poll (kill file),
   the **status** display, and a loop-stall **watchdog** thread (RELIABILITY F9).
 
@@ -23,6 +23,16 @@ every market's book snapshot is loaded.  A strategy's exception halts that strat
 (F14).  SIGINT/SIGTERM (F15): strategies stop, every own open order is cancelled one by one
 (never the user-wide CancelAllOrders, which would reset the tonce counter of other processes),
 confirmations are awaited up to a deadline, and the run ends with exit status 0.
+
+Latency (``cftrade bench latency``): the connection's reader task calls :meth:`Runner._inline`
+after every frame, which takes the queued events, runs the core on them and writes the
+resulting commands to the socket at once (``send_nowait``), all without a task switch.  The
+``_events`` and ``_dispatch`` tasks do the same work whenever the inline path cannot: events
+queued by anyone else, a governor with no token left (waiting is their job, never the
+reader's), a socket that is not taking bytes, a reconnect in progress.  Both paths take
+events and commands strictly in order and never hold one across a checkpoint, so the order
+guarantees are those of a single consumer and a single writer: PlaceOrder tonces reach the
+wire increasing, a cancel after its place, events in wire order.
 
 Lost replies (F1): a PlaceOrder whose reply is lost leaves the order UNKNOWN; it is never
 resent blindly.  The reconciliation after the reconnect settles it (open on the exchange ->
@@ -41,6 +51,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +64,7 @@ from engine.client.notices import FeedGap, ReplyEvent, SessionEnded, SessionStar
 from engine.client.reconnect import ReconnectingClient
 from engine.config import RunConfig
 from engine.connection import Connection, Credentials, ReplyWaiter
-from engine.errors import CoinfloorError, ConnectionLost, ExchangeError
+from engine.errors import CoinfloorError, ConnectionLost, ExchangeError, RemoteProtocolError
 from engine.governor import Governor
 from engine.protocol.messages import (
     CancelOrderReply,
@@ -135,7 +146,11 @@ class Runner:
         self._started = trio.Event()
         self._reconciled = trio.Event()
         self._books_ready = trio.Event()
-        self._out_send, self._out_recv = trio.open_memory_channel[Outgoing](float("inf"))
+        self._outq: deque[Outgoing] = deque()  # the core's commands, not yet written
+        self._out_lot = trio.lowlevel.ParkingLot()  # the dispatcher parks here
+        self._writing = False  # a send of an order command is in progress (single writer)
+        self._inline_error: BaseException | None = None
+        self._replies: deque[tuple[float, Outgoing, ReplyWaiter]] = deque()  # by deadline
         self._epoch_us = 0
         self._t0 = 0.0
         self._heartbeat = time.monotonic()
@@ -186,6 +201,8 @@ class Runner:
                     ) from None
                 nursery.start_soon(self._events)
                 nursery.start_soon(self._dispatch)
+                nursery.start_soon(self._reply_timeouts)
+                self.client.after_frame = self._inline
                 for m in self.core.books:
                     await self.client.watch_orders(m.base.code, m.counter.code)
                     await self.client.watch_ticker(m.base.code, m.counter.code)
@@ -384,32 +401,68 @@ class Runner:
     # -- the event loop ----------------------------------------------------------------------
 
     async def _events(self) -> None:
-        core, client = self.core, self.client
-        assert core is not None and client is not None
-        async for ev in client.notices:
-            if self.recorder is not None:
-                self.recorder.record(ev, self.clock_us())
-            t = type(ev)
-            if t is ReplyEvent:
-                assert isinstance(ev, ReplyEvent)
-                cmd, reply = ev.command, ev.reply
-                if isinstance(cmd, WatchOrders) and isinstance(reply, WatchOrdersReply) and cmd.watch:
-                    core.on_snapshot(market_by_codes(cmd.base, cmd.counter), reply)
-                    if all(b.ready for b in core.books.values()):
-                        self._books_ready.set()
-            elif t is SessionEnded:
-                for m in core.books:
-                    core.book_gap(m)
-            elif t is FeedGap:
-                assert isinstance(ev, FeedGap)
-                market = market_by_codes(ev.base, ev.counter)
-                core.book_gap(market)
-                self._nursery_start(self._resnapshot, market)
-            elif t is SessionStarted:
-                pass
-            else:
-                core.on_notice(ev)  # type: ignore[arg-type]
-            self._flush()
+        """Consume the notice stream: whatever the reader's inline path left (see the module
+        docstring), and re-raise an exception that path met, here in the runner's task."""
+        client = self.client
+        assert client is not None
+        queue = client.notices
+        while True:
+            try:
+                await queue.wait_event()
+            except trio.EndOfChannel:
+                return
+            self._take_events()
+            if self._inline_error is not None:
+                error, self._inline_error = self._inline_error, None
+                raise error
+
+    def _inline(self) -> None:
+        """Called by the connection's reader after each frame: consume the queued events and
+        write the resulting orders now, in this task (plain def: never waits)."""
+        if self._inline_error is not None:
+            return
+        try:
+            self._take_events()
+        except BaseException as e:  # raised again by _events, in the runner's own task
+            self._fail(e)
+
+    def _take_events(self) -> None:
+        """Take and apply every queued event, in order (no checkpoint between taking an
+        event and applying it, so the inline path and _events can never reorder them)."""
+        queue = self.client.notices  # type: ignore[union-attr]
+        while True:
+            try:
+                ev = queue.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+            self._on_event(ev)
+
+    def _on_event(self, ev: Any) -> None:
+        core = self.core
+        assert core is not None
+        if self.recorder is not None:
+            self.recorder.record(ev, self.clock_us())
+        t = type(ev)
+        if t is ReplyEvent:
+            assert isinstance(ev, ReplyEvent)
+            cmd, reply = ev.command, ev.reply
+            if isinstance(cmd, WatchOrders) and isinstance(reply, WatchOrdersReply) and cmd.watch:
+                core.on_snapshot(market_by_codes(cmd.base, cmd.counter), reply)
+                if all(b.ready for b in core.books.values()):
+                    self._books_ready.set()
+        elif t is SessionEnded:
+            for m in core.books:
+                core.book_gap(m)
+        elif t is FeedGap:
+            assert isinstance(ev, FeedGap)
+            market = market_by_codes(ev.base, ev.counter)
+            core.book_gap(market)
+            self._nursery_start(self._resnapshot, market)
+        elif t is SessionStarted:
+            pass
+        else:
+            core.on_notice(ev)
+        self._flush()
 
     async def _resnapshot(self, market: Market) -> None:
         assert self.client is not None
@@ -424,67 +477,150 @@ class Runner:
             self._nursery.start_soon(fn, *args)
 
     def _flush(self) -> None:
-        """Hand the core's new commands to the dispatcher, in the order they were made."""
+        """Hand the core's new commands to the writer, in the order they were made, and
+        write them now when they can go at once (:meth:`_send_nowait`)."""
         core = self.core
         assert core is not None
-        while core.outbox:
-            self._out_send.send_nowait(core.outbox.popleft())
+        outbox = core.outbox
+        if outbox:
+            self._outq.extend(outbox)
+            outbox.clear()
+            self._send_nowait()
+
+    def _send_nowait(self) -> None:
+        """Write queued commands now if no write is in progress and each can go at once
+        (connection up, a governor token free, the socket taking bytes); else leave the
+        rest, in order, to :meth:`_dispatch`."""
+        outq, client = self._outq, self.client
+        if self._writing or not outq or client is None:
+            return
+        self._writing = True
+        try:
+            while outq:
+                out = outq[0]
+                order = out.order
+                try:
+                    cmd = order.to_command() if out.kind == "place" else order.cancel_command()
+                    waiter = client.send_nowait(cmd)
+                except trio.WouldBlock:
+                    self._out_lot.unpark_all()  # the dispatcher waits for what we cannot
+                    return
+                except ConnectionLost:
+                    self._out_lot.unpark_all()  # it reports the loss in the usual way
+                    return
+                except Exception as e:  # an order that cannot be cancelled by id or tonce, ...
+                    outq.popleft()
+                    log.warning("%s of %s not sent: %s", out.kind, order, e)
+                    continue
+                outq.popleft()
+                self.sent[out.kind] += 1
+                self._expect_reply(out, waiter)
+        finally:
+            self._writing = False
 
     async def _dispatch(self) -> None:
-        """The one task that writes order commands, so the wire order is the core's order:
-        PlaceOrder tonces arrive increasing (else error 3) and a cancel follows its place.
-        Replies are awaited by separate tasks, so the pipeline never waits for a reply."""
+        """The writer of order commands whenever the inline path cannot write them, so the
+        wire order is the core's order: PlaceOrder tonces arrive increasing (else error 3)
+        and a cancel follows its place.  Only one of the two writes at a time
+        (``_writing``); replies are awaited by separate tasks, so the pipeline never waits
+        for a reply."""
         core, client = self.core, self.client
         assert core is not None and client is not None
-        async for out in self._out_recv:
+        outq = self._outq
+        while True:
+            while not outq or self._writing:
+                await self._out_lot.park()
+            self._writing = True
+            try:
+                while outq:
+                    out = outq.popleft()
+                    order = out.order
+                    try:
+                        if out.kind == "place":
+                            self.sent["place"] += 1
+                            waiter = await client.send(order.to_command())
+                        else:
+                            self.sent["cancel"] += 1
+                            waiter = await client.send(order.cancel_command())
+                    except ConnectionLost as e:
+                        if out.kind == "place":
+                            core.on_place_lost(order, f"not sent: {e}")
+                        else:
+                            core.on_cancel_lost(order)
+                        self._flush()
+                        continue
+                    except Exception as e:  # an order that cannot be cancelled by id or tonce, ...
+                        log.warning("%s of %s not sent: %s", out.kind, order, e)
+                        continue
+                    self._expect_reply(out, waiter)
+            finally:
+                self._writing = False
+
+    def _expect_reply(self, out: Outgoing, waiter: ReplyWaiter) -> None:
+        """Apply the reply to ``out`` when it comes (a callback in the reader's task: no task
+        per order); :meth:`_reply_timeouts` gives up after ``request_timeout``."""
+        self._replies.append((trio.current_time() + self.options.request_timeout, out, waiter))
+        waiter.on_done(functools.partial(self._on_reply, out, waiter))
+
+    def _on_reply(self, out: Outgoing, waiter: ReplyWaiter) -> None:
+        try:
+            core = self.core
+            assert core is not None
             order = out.order
             try:
-                if out.kind == "place":
-                    self.sent["place"] += 1
-                    waiter = await client.send(order.to_command())
-                else:
-                    self.sent["cancel"] += 1
-                    waiter = await client.send(order.cancel_command())
-            except ConnectionLost as e:
-                if out.kind == "place":
-                    core.on_place_lost(order, f"not sent: {e}")
-                else:
-                    core.on_cancel_lost(order)
-                self._flush()
-                continue
-            except Exception as e:  # an order that cannot be cancelled by id or tonce, ...
-                log.warning("%s of %s not sent: %s", out.kind, order, e)
-                continue
-            self._nursery_start(self._await_reply, out, waiter)
-
-    async def _await_reply(self, out: Outgoing, waiter: ReplyWaiter) -> None:
-        core = self.core
-        assert core is not None
-        order = out.order
-        with trio.move_on_after(self.options.request_timeout) as cs:
-            try:
-                reply = await waiter.wait()
+                reply = waiter.result()
             except ExchangeError as e:
                 reply = ErrorReply(error_code=e.error_code, error_msg=e.error_msg)
-            except ConnectionLost as e:
+            except (ConnectionLost, RemoteProtocolError) as e:
+                # Lost with the connection, or a damaged reply: the outcome is UNKNOWN and
+                # the reconciliation after the reconnect settles it (F1).
                 if out.kind == "place":
                     core.on_place_lost(order, f"connection lost: {e}")
                 else:
                     core.on_cancel_lost(order)
                 self._flush()
                 return
-        if cs.cancelled_caught:
             if out.kind == "place":
-                core.on_place_lost(order, "reply timed out")
+                assert isinstance(reply, (PlaceOrderReply, ErrorReply))
+                core.on_place_reply(order, reply)
             else:
-                core.on_cancel_lost(order)
-        elif out.kind == "place":
-            assert isinstance(reply, (PlaceOrderReply, ErrorReply))
-            core.on_place_reply(order, reply)
-        else:
-            assert isinstance(reply, (CancelOrderReply, ErrorReply))
-            core.on_cancel_reply(order, reply)
-        self._flush()
+                assert isinstance(reply, (CancelOrderReply, ErrorReply))
+                core.on_cancel_reply(order, reply)
+            self._flush()
+        except BaseException as e:  # raised again by _events, in the runner's own task
+            self._fail(e)
+
+    def _fail(self, error: BaseException) -> None:
+        """An exception in code the reader task called for us: re-raise it in _events."""
+        if self._inline_error is None:
+            self._inline_error = error
+        if self.client is not None:
+            self.client.notices.wake()
+
+    async def _reply_timeouts(self) -> None:
+        """Gives up on replies older than ``request_timeout`` (the order becomes UNKNOWN
+        and the next reconciliation settles it).  Deadlines are in send order, so one
+        deque and one sleep serve them all; with none pending it looks every timeout."""
+        replies = self._replies
+        timeout = self.options.request_timeout
+        while True:
+            if replies:
+                await trio.sleep_until(replies[0][0])
+            else:
+                await trio.sleep(timeout)
+            now = trio.current_time()
+            while replies and replies[0][0] <= now:
+                _, out, waiter = replies.popleft()
+                if waiter.done:
+                    continue
+                waiter.abandon()
+                core = self.core
+                assert core is not None
+                if out.kind == "place":
+                    core.on_place_lost(out.order, "reply timed out")
+                else:
+                    core.on_cancel_lost(out.order)
+                self._flush()
 
     # -- periodic tasks ----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from engine.protocol.messages import (
 from engine.risk import RiskGovernor, TradingState
 from engine.risk.model import MarketView
 from engine.scale import DEFAULT, Market, Scales, to_scaled
+from engine.state import lostfills
 from engine.state.balances import BalanceView
 from engine.state.book import TOP_PRICE, TOP_QTY, Book
 from engine.state.orders import Closed, Filled, Opened, Order, OrderEvent, OrderState, OrderTracker
@@ -213,6 +214,8 @@ class TradingCore:
         self.inferred: list[Filled] = []
         self.on_book_deferred: Callable[[], None] | None = None
         """Called when an ``on_book`` is first owed (conflation): the runner wakes its timer."""
+        self.inference_skipped = 0
+        """Reconciliations whose volume gap was left unexplained (logged with the reason)."""
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -445,23 +448,20 @@ class TradingCore:
         Call it after :meth:`on_open_orders` (its ``report``) and *before* :meth:`on_balances`
         (the balance view must still hold what we saw before the gap).  ``volumes`` is
         {asset code: GetTradeVolume} for the base and every counter asset; the first call
-        only sets the baseline.  Evidence, all exact integers:
+        only sets the baseline.
 
-        * trade volume beyond what we saw: the lost base quantity ``q`` (XBT, joint across
-          markets) and lost total ``t`` per counter asset (which names the market);
-        * the balance residual per asset, GetBalances − our view: what the untraded
-          candidates (orders absent from GetOrders: a bid's reservation ``R(rem)`` in
-          counter, an ask's ``rem`` in base) and the one traded order explain.  A bid's
-          base gain is exactly ``q`` (no base fee); a closed ask returns exactly its
-          remaining − ``q``.  The counter residual then gives that order's fee exactly.
-
-        One aggregate fill is recorded only when exactly one candidate order (vanished,
-        settled UNKNOWN, or drifted) explains the base residual to the unit, with a fee in
-        [0, 1 % of ``t``] and a total consistent with its limit price; anything else
-        (several markets or several orders traded, an order still PENDING/UNKNOWN or
-        open here but absent there) is logged and left alone.  The inferred total is the
-        exchange's (volume is exact); were two trades lost, their per-trade split is not
-        known, only the aggregate.  Returns the Filled events (already applied).
+        The evidence (volume beyond what we saw, balance residuals, GetOrders remainders)
+        is solved by :func:`engine.state.lostfills.solve`: base quantities exact per order
+        (each side's lost quantity is exact; it goes to that side's orders in the exchange's
+        matching priority), totals and fees exact per market, their split between the
+        orders of one gap deterministic and within one unit per trade of the truth (the
+        exchange rounds each trade stochastically; only sums survive).  One aggregate fill
+        per order is recorded (``Fill.inferred``); realized PnL summed over strategies
+        then matches the balances exactly.  When the evidence does not determine the fills
+        (an order PENDING/UNKNOWN or open here but absent there, residuals that do not add
+        up, one side trading in two markets, two hypotheses that both fit) nothing is
+        recorded and the reason is logged; balances are exact either way (GetBalances).
+        Returns the Filled events (already applied).
         """
         seen, self.volume_seen = self.volume_seen, dict(volumes)
         if seen is None:
@@ -469,15 +469,18 @@ class TradingCore:
         lost = {a: v - seen.get(a, 0) for a, v in volumes.items()}
         if not any(lost.values()):
             return []
+        if any(v < 0 for v in lost.values()):
+            log.warning("lost fills not inferred: volume gap %s is negative", lost)
+            self.inference_skipped += 1
+            return []
         markets = [m for m in self.books if lost.get(m.counter.code, 0)]
-        if len(markets) != 1 or any(v < 0 for v in lost.values()):
-            log.warning("lost fills not inferred: volume gap %s spans markets or is negative", lost)
+        bases = {m.base.code for m in markets}
+        if len(bases) != 1:
+            log.warning("lost fills not inferred: volume gap %s names %d base assets", lost, len(bases))
+            self.inference_skipped += 1
             return []
-        market = markets[0]
-        q, t = lost.get(market.base.code, 0), lost[market.counter.code]
-        if q <= 0 or t <= 0:
-            log.warning("lost fills not inferred: volume gap %s (base %s, total %s)", lost, q, t)
-            return []
+        base_c = bases.pop()
+        q = lost.get(base_c, 0)
         present = {o.id for o in orders.orders}
         pending = OrderState.PENDING
         absent = [o for o in self.tracker.open_orders() if o.id is None or o.id not in present]
@@ -489,79 +492,62 @@ class TradingCore:
                   or (o.state is OrderState.PENDING_CANCEL and o._cancel_from is pending)]
         doubt = [o for o in absent if o not in unsent]
         if doubt:
-            log.warning("lost fills (%s of %s, total %s) not inferred: orders in doubt %s",
-                        q, market.name, t, doubt)
+            log.warning("lost fills (gap %s) not inferred: orders in doubt %s", lost, doubt)
+            self.inference_skipped += 1
             return []
         closed = list(dict.fromkeys([*report.vanished, *report.settled_unknown]))
-        drift = {id(o): (r0, rx) for o, r0, rx in report.drift}
         reserve = self.scales.bid_reservation
-        # What each candidate contributes to the residuals if it did NOT trade: a closed
-        # limit order's reservation came back without a notice we saw.
-        untraded: dict[int, dict[int, int]] = {}
-        for o in [*closed, *unsent]:
-            c: dict[int, int] = {}
-            if o.price is not None and o.remaining:
-                if o.side is Side.BUY:
-                    c[o.market.counter.code] = reserve(o.remaining, o.price, o.market)
-                else:
-                    c[o.market.base.code] = o.remaining
-            untraded[id(o)] = c
-        base_c, ctr_c = market.base.code, market.counter.code
-        residual = {a: next((b.balance for b in balances.balances if b.asset == a), 0) - self.balances.available(a)
-                    for a in (base_c, ctr_c)}
-        mul, den = self.scales.total_divisor(market)
-        fits: list[tuple[Order, int]] = []
-        tried: list[tuple[int, int, int]] = []  # (ref, base residual unexplained, fee) of misfits
-        for o in [*closed, *(o for o, _, _ in report.drift)]:  # never an unsent order
-            if o.market is not market:
+        # Residual per asset (GetBalances − our view) less what each candidate explains if it
+        # did NOT trade: a closed order's reservation came back unseen; a never-sent order's
+        # anticipated reservation was never taken (unless a surprise already absorbed it).
+        assets = {base_c, *(m.counter.code for m in markets)}
+        have = {b.asset: b.balance for b in balances.balances}
+        resid = {a: have.get(a, 0) - self.balances.available(a) for a in assets}
+        cands = [lostfills.Candidate(o, o.remaining) for o in closed]
+        cands += [lostfills.Candidate(o, r0, rx) for o, r0, rx in report.drift]
+        untraded = [(o, o.remaining) for o in closed]
+        untraded += [(o, o.remaining) for o in unsent if self.balances.reservation_anticipated(o.ref)]
+        for o, rem in untraded:
+            if o.price is None or not rem:
                 continue
-            others_base = sum(c.get(base_c, 0) for k, c in untraded.items() if k != id(o))
-            others_ctr = sum(c.get(ctr_c, 0) for k, c in untraded.items() if k != id(o))
-            got = residual[ctr_c] - others_ctr  # this order's counter effect
-            r0 = o.remaining
-            if id(o) in drift:
-                rx = drift[id(o)][1]
-                if o.side is Side.BUY:
-                    base, fee = q, reserve(r0, o.price or 0, o.market) - reserve(rx, o.price or 0, o.market) - t - got
-                else:
-                    base, fee = 0, t - got
-                    if q != r0 - rx:
-                        continue
-            elif o.price is None:
-                if o.quantity is not None and q > o.quantity:
-                    continue
-                base, fee = (q, -got - t) if o.side is Side.BUY else (-q, t - got)
+            if o.side is Side.BUY:
+                a = o.market.counter.code
+                resid[a] = resid.get(a, 0) - reserve(rem, o.price, o.market)
             else:
-                if q > r0:
-                    continue
-                if o.side is Side.BUY:
-                    base, fee = q, reserve(r0, o.price, o.market) - t - got
-                else:
-                    base, fee = r0 - q, t - got
-            if base + others_base != residual[base_c] or not 0 <= fee <= t // 100:
-                tried.append((o.ref, base + others_base - residual[base_c], fee))
-                continue
-            if o.price is not None:
-                exact = q * o.price * mul  # total at the limit price, times den
-                slack = 10 * den  # stochastic rounding: at most one unit per trade
-                if (o.side is Side.BUY and t * den > exact + slack) or (o.side is Side.SELL and t * den < exact - slack):
-                    continue
-            fits.append((o, fee))
-        if len(fits) != 1:
-            log.warning("lost fills (%s of %s, total %s) not inferred: %d orders fit the evidence %s "
-                        "(residuals %s; misfits (ref, base unexplained, fee) %s)",
-                        q, market.name, t, len(fits), [o for o, _ in fits], residual, tried)
+                resid[o.market.base.code] = resid.get(o.market.base.code, 0) - rem
+        for o, r0, rx in report.drift:
+            if o.side is Side.BUY and o.price is not None:
+                a = o.market.counter.code
+                resid[a] = resid.get(a, 0) - (reserve(r0, o.price, o.market) - reserve(rx, o.price, o.market))
+        try:
+            solution = lostfills.solve(
+                [c for c in cands if c.order.market.base.code == base_c], q,
+                {m: lost[m.counter.code] for m in markets}, resid.get(base_c, 0),
+                {m: resid.get(m.counter.code, 0) for m in markets}, self.scales, self._fee_ppm_estimate(),
+            )
+        except lostfills.Unsolved as e:
+            log.warning("lost fills (gap %s) not inferred: %s (residuals %s; candidates %s)", lost, e, resid, cands)
+            self.inference_skipped += 1
             return []
-        order, fee = fits[0]
-        rem = drift[id(order)][1] if id(order) in drift else max(0, order.remaining - q)
-        ev = self.tracker.record_inferred_fill(order, quantity=q, total=t, counter_fee=fee, remaining=rem,
-                                               time=self.clock_us())
-        log.warning("inferred a fill lost with its notices: %r traded %s for %s (fee %s)", order, q, t, fee)
-        self._order_events([ev])
-        self.volume_seen = dict(volumes)  # the event was counted above: the gap is closed
-        self.inferred.append(ev)
+        events: list[Filled] = []
+        now = self.clock_us()
+        for s in solution:
+            ev = self.tracker.record_inferred_fill(s.order, quantity=s.quantity, total=s.total, counter_fee=s.fee,
+                                                   remaining=s.remaining, time=now)
+            log.warning("inferred a fill lost with its notices: %r traded %s for %s (fee %s)",
+                        s.order, s.quantity, s.total, s.fee)
+            self._order_events([ev])
+            events.append(ev)
+        self.volume_seen = dict(volumes)  # the events were counted above: the gap is closed
+        self.inferred.extend(events)
         self._flush_denials()
-        return [ev]
+        return events
+
+    def _fee_ppm_estimate(self) -> int:
+        """Our fee rate on limit orders in ppm, from the fills we saw (0 before any): it
+        sets how much a bid's reservation can still buy (:func:`lostfills.fee_rate`)."""
+        return lostfills.fee_rate([(f.total, f.counter_fee) for o in self.tracker if o.price is not None
+                                   for f in o.fills[-4:] if not f.inferred])
 
     def on_timer(self, name: str) -> None:
         slot = self.slots.get(name)

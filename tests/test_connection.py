@@ -564,3 +564,129 @@ def test_encoded_commands_never_carry_float_or_bool_numbers():
     # The codec is the only way out; a sanity check that requests encode integers only.
     text = CODEC.encode_text(place(tag=5))
     assert "." not in text and "true" not in text
+
+
+# -- the inline path: send_nowait, reply callbacks, after_frame (bench latency) -----------
+
+
+async def test_send_nowait_writes_at_once_and_refuses_without_a_token():
+    """send_nowait never waits: the socket takes the frame now, and with no governor token
+    left it raises WouldBlock, taking nothing and sending nothing."""
+    peer = ScriptedPeer()
+    governor = Governor(safety_factor=1.0)
+    async with tcp_url(peer) as url:
+        async with open_connection(url, creds(), governor=governor, allow_insecure=True) as conn:
+            sent = [conn.send_nowait(GetBalances()) for _ in range(10)]  # the info budget: 10 per 10 s
+            with pytest.raises(trio.WouldBlock):
+                conn.send_nowait(GetBalances())
+            assert governor.statistics().metrics["info"].granted == 10
+            for waiter in sent:
+                assert type(await waiter.wait()).__name__ == "GetBalancesReply"
+    tags = [c.tag for c in peer.sessions[0].commands if isinstance(c, GetBalances)]
+    assert tags == [w.tag for w in sent]  # ten on the wire, in call order
+
+
+async def test_send_nowait_over_a_memory_stream_leaves_the_write_to_the_writer_task(autojump_clock):
+    """No socket to write to directly: the frame waits for the connection's writer task,
+    and until it is written a further send_nowait says WouldBlock (wire order kept)."""
+    async with memory_connection(ScriptedPeer()) as conn:
+        first = conn.send_nowait(GetBalances())
+        with pytest.raises(trio.WouldBlock):
+            conn.send_nowait(GetBalances())
+        await first.wait()
+        second = conn.send_nowait(GetBalances())
+        assert second.tag == first.tag + 1
+        await second.wait()
+
+
+async def test_on_done_runs_in_the_reader_and_abandon_makes_the_reply_late():
+    release = trio.Event()
+
+    async def on_command(session: PeerSession, command: Command) -> None:
+        if command.tonce == 2:
+            await release.wait()
+        await session.send(PlaceOrderReply(tag=command.tag, id=command.tonce, time=1))
+
+    async with tcp_url(ScriptedPeer(on_command=on_command)) as url:
+        async with open_connection(url, creds(), allow_insecure=True) as conn:
+            assert conn.notices.receive_nowait() == SessionStarted(1, 1)
+            calls: list[int] = []
+            got_first = trio.Event()
+            first = conn.send_nowait(place(tonce=1))
+            first.on_done(lambda: (calls.append(first.result().id), got_first.set()))
+            second = conn.send_nowait(place(tonce=2))
+            second.on_done(lambda: calls.append(-1))
+            with pytest.raises(trio.WouldBlock):
+                second.result()
+            with trio.fail_after(5):
+                await got_first.wait()
+            assert calls == [1] and first.done and not second.done
+            second.abandon()  # gave up: its reply will be late, and the callback is not called
+            release.set()
+            with trio.fail_after(5):
+                event = await conn.notices.receive()
+            assert isinstance(event, ReplyEvent) and event.late and event.reply.id == 2
+            assert calls == [1]
+            first.on_done(lambda: calls.append(0))  # the outcome is known: runs at once
+            assert calls == [1, 0]
+
+
+async def test_pending_commands_fail_through_their_callbacks_when_the_connection_dies():
+    async def on_command(session: PeerSession, command: Command) -> None:
+        if isinstance(command, PlaceOrder):
+            await session.drop()
+
+    async with memory_connection(ScriptedPeer(on_command=on_command)) as conn:
+        outcomes: list[str] = []
+        waiter = conn.send_nowait(place(tonce=5))
+
+        def done() -> None:
+            try:
+                waiter.result()
+            except ConnectionLost as e:
+                outcomes.append(str(e))
+
+        waiter.on_done(done)
+        await conn.wait_closed()
+    assert len(outcomes) == 1 and "outcome of PlaceOrder (tag 2) is unknown" in outcomes[0]
+
+
+async def test_after_frame_consumes_events_in_the_reader_without_waking_the_queue(autojump_clock):
+    """The inline consumer sees each frame's events right after the frame; a task waiting
+    on the queue is not woken for events the consumer took (and is, for any it left)."""
+    peer = ScriptedPeer()
+    async with memory_connection(peer) as conn:
+        shared = conn._shared
+        taken: list[Any] = []
+        leave: list[bool] = [False]
+
+        def after() -> None:
+            if not leave[0]:
+                while True:
+                    try:
+                        taken.append(conn.notices.receive_nowait())
+                    except trio.WouldBlock:
+                        return
+
+        woken: list[float] = []
+
+        async def waiter() -> None:
+            while True:
+                await conn.notices.wait_event()
+                woken.append(trio.current_time())
+                if leave[0]:
+                    return
+
+        drain(conn)
+        shared.after_frame = after
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            session = await peer.wait_sessions(1)
+            await session.send(BalanceChanged(asset=GBP, balance=7))
+            await trio.sleep(1)
+            assert [type(e).__name__ for e in taken] == ["BalanceChanged"] and woken == []
+            leave[0] = True
+            await session.send(BalanceChanged(asset=GBP, balance=8))
+            await trio.sleep(1)
+            assert woken == [1.0]
+            assert conn.notices.receive_nowait() == BalanceChanged(asset=GBP, balance=8)

@@ -166,3 +166,34 @@ async def test_X2_default_context_does_not_trust_a_private_ca(ca):
             async with open_connection(url, creds()):
                 pass
     assert peer.sessions == []
+
+
+async def test_X2_our_client_and_our_exchange_server_over_tls(ca):
+    """Both ends of engine.ws over TLS (trio SSLStream: the generic stream path, not the
+    direct socket calls): log in, pipeline, receive notices, close."""
+    from engine.exchange.server import serve_exchange
+    from engine.protocol.messages import OrderOpened, PlaceOrder
+    from engine.runner import DEMO_COOKIE, DEMO_PASSPHRASE
+    from tests.test_exchange_server_support import BASE, COUNTER, make_exchange
+
+    demo = Credentials(1, Secret(DEMO_COOKIE), Secret(DEMO_PASSPHRASE))
+    async with trio.open_nursery() as nursery:
+        ex = make_exchange()
+        server = await nursery.start(
+            lambda task_status: serve_exchange(ex, ssl_context=server_context(ca.issue_cert("127.0.0.1")),
+                                               task_status=task_status))
+        assert server.url.startswith("wss://127.0.0.1:")
+        with trio.fail_after(10):
+            async with open_connection(server.url, demo, ssl_context=trusting(ca)) as conn:
+                await conn.request(GetBalances())
+                waiters = [await conn.send(PlaceOrder(base=BASE, counter=COUNTER, quantity=-1000, price=3000000 + i,
+                                                      tonce=i + 1)) for i in range(20)]
+                ids = [(await w.wait()).id for w in waiters]  # type: ignore[attr-defined]
+                opened = []
+                while len(opened) < 20:
+                    event = await conn.notices.receive()
+                    if isinstance(event, OrderOpened):
+                        opened.append(event.id)
+                assert opened == ids
+        nursery.cancel_scope.cancel()
+    assert server.statistics().accepted == 1

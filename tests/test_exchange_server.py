@@ -360,3 +360,39 @@ async def test_a_core_exception_closes_only_that_connection_with_1011(
         assert (await o.request({"method": "GetBalances"}))["error_code"] == 0
     assert server.statistics().internal_errors == 1
     assert "exchange core raised on GetOrders" in caplog.text
+
+
+async def test_notices_of_one_command_go_out_in_one_socket_write(nursery: trio.Nursery) -> None:
+    """Commands from connections and from in-process sessions (participants) alike: the
+    frames one command delivers to a connection are written with one system call, in order."""
+    from engine.protocol.messages import PlaceOrder
+
+    ex, server = await _serve(nursery)
+    async with open_websocket_url(server.url) as ws:
+        client = RawClient(ws)
+        await client.login(1)
+        for method in ("WatchOrders", "WatchTicker"):
+            rep = await client.request({"method": method, "base": BASE, "counter": COUNTER, "watch": True})
+            assert rep["error_code"] == 0
+        await _eventually(lambda: len(server._open) == 1)
+        conn = next(iter(server._open))
+        writes: list[bytes] = []
+        original = conn.ws.write_nowait
+
+        def counting(data: bytes) -> bool:
+            writes.append(data)
+            return original(data)
+
+        conn.ws.write_nowait = counting  # type: ignore[method-assign]
+        other = ex.open_internal_session(2)
+        reply = ex.handle(other, PlaceOrder(base=BASE, counter=COUNTER, quantity=-1000, price=3000000))
+        assert reply.error_code == 0
+        assert len(writes) == 1 and writes[0].count(b'"notice"') == 2  # OrderOpened + TickerChanged
+        names = [(await client.recv())["notice"] for _ in range(2)]
+        assert names == ["OrderOpened", "TickerChanged"]
+        # A command from the connection itself: its notices and the reply, one write.
+        writes.clear()
+        await client.send(limit_order(1000, 3000000, tag=9))  # takes the ask: several notices
+        rep = await client.reply()
+        assert rep["tag"] == 9 and rep["error_code"] == 0
+        assert len(writes) == 1 and writes[0].count(b'"notice"') == len(client.notices) >= 3

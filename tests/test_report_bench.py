@@ -14,5 +14,7 @@ def test_bench_replay_checks_its_answer(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["checks_ok"] and all(res["checks"].values()) and set(res["checks"]) == {
         "all_events_counted", "report_matches_runtime", "balances_match_exchange", "deterministic_prefix"}
-    assert res["events"] > 5000 and res["events_per_s"] > 0 and res["rss_peak_mib"] >= res["rss_start_mib"]
+    assert res["events"] > 5000 and res["events_per_s"] > 0
+    # peak (getrusage) and start (/proc) are read two ways: allow their rounding apart
+    assert res["rss_peak_mib"] >= res["rss_start_mib"] - 1.0
     assert res["vs_baselines"]["hftbacktest_numba_quoter"] == round(res["events_per_s"] / 1_700_000, 4)

@@ -44,3 +44,72 @@ async def test_market_maker_trades_in_virtual_time(tmp_path, autojump_clock):
     assert s["open_orders_left"] == 0
     assert runner.exchange.open_orders(1) == []
     runner.exchange.check_invariants()
+
+
+class _Waiter:
+    """Stands in for a ReplyWaiter whose reply the test controls."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.abandoned = False
+        self.callback = None
+
+    def on_done(self, callback) -> None:
+        self.callback = callback
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+    def result(self):
+        from engine.protocol.messages import PlaceOrderReply
+
+        return PlaceOrderReply(tag=1, id=7, time=1)
+
+
+class _Core:
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str]] = []
+        self.outbox: list = []
+
+    def on_place_lost(self, order, why: str) -> None:
+        import trio
+
+        self.events.append((trio.current_time(), order, why))
+
+    def on_place_reply(self, order, reply) -> None:
+        import trio
+
+        self.events.append((trio.current_time(), order, f"reply {reply.id}"))
+
+
+async def test_replies_are_applied_by_callback_and_time_out_at_their_exact_deadline(tmp_path, autojump_clock):
+    """No task per order: the reply callback applies a reply when it comes; one task gives
+    up on each order ``request_timeout`` after it was sent (UNKNOWN: reconciliation settles it)."""
+    import trio
+
+    from engine.runtime import Outgoing
+
+    runner = Runner(load_run_config(str(_config(tmp_path, """
+        markets: ["XBT:GBP"]
+        strategies:
+          - name: mm
+            class: market_maker
+            market: "XBT:GBP"
+    """))), RunOptions(request_timeout=10.0, status=False, handle_signals=False))
+    core = _Core()
+    runner.core = core  # type: ignore[assignment]
+    answered, silent, late = _Waiter(), _Waiter(), _Waiter()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner._reply_timeouts)
+        await trio.sleep(3.0)
+        runner._expect_reply(Outgoing("place", "A", "mm"), answered)  # type: ignore[arg-type]
+        await trio.sleep(1.0)
+        runner._expect_reply(Outgoing("place", "B", "mm"), silent)  # type: ignore[arg-type]
+        runner._expect_reply(Outgoing("place", "C", "mm"), late)  # type: ignore[arg-type]
+        await trio.sleep(2.0)
+        answered.done = True
+        answered.callback()  # the reader got A's reply at t=6
+        await trio.sleep(30.0)
+        nursery.cancel_scope.cancel()
+    assert core.events == [(6.0, "A", "reply 7"), (14.0, "B", "reply timed out"), (14.0, "C", "reply timed out")]
+    assert (answered.abandoned, silent.abandoned, late.abandoned) == (False, True, True)

@@ -18,11 +18,14 @@ The headline is printed (``pytest -s`` shows it), e.g.::
 (the trio scheduler is not seeded, so the counts vary a little from run to run).
 
 O4 compares every order's filled quantity, total and fee with the exchange's own notices.  A
-fill whose OrdersMatched was in flight when the connection was cut is gone for good (no trade
+fill whose OrdersMatched was in flight when the connection was cut never arrives (no trade
 ids, no replay, RELIABILITY 0.3): the client settles that order from GetOrders (provisional
-CANCELLED), its balances come right from GetBalances (O5), but the fill itself is not counted.
-Such orders are listed apart ("fills lost with notices") and the test proves each one died in
-a cut; every other difference counts in O4.
+CANCELLED), its balances come right from GetBalances (O5), and the fill itself is inferred at
+the reconnect from GetTradeVolume and the balance residuals (``engine.state.lostfills``).
+The test requires every inferred fill exact (base per order; total and fee within one unit
+per trade, summed exactly), each strategy's position equal to what the exchange's notices of
+its orders add up to, and any fill still missing to sit in a gap the solver logged as
+unexplained (seeds 11, 1-8: 18 fills inferred, 1 gap unexplained in ~1 run of 7).
 
 Reconnect backoff is shortened (the real one waits up to 30 s, which would only stretch the
 same campaign over more virtual hours); everything else is the production runner.
@@ -43,6 +46,7 @@ from trio_websocket import ConnectionClosed
 import engine.runner
 from engine.client.reconnect import Backoff, ReconnectingClient
 from engine.runner import Runner
+from engine.state.orders import Order
 from tests.test_runtime_support import (
     CONFIGS,
     USER,
@@ -157,6 +161,34 @@ class Campaign:
         self.active = False
 
 
+def _split_within_rounding(o: Any, truth: Any, tap: ExchangeTap) -> bool:
+    if not isinstance(o, Order) or not any(f.inferred for f in o.fills):
+        return False
+    q, t, f = truth
+    n = tap.fills[o.tonce].count
+    return o.filled == q and abs(o.filled_total - t) <= n and abs(o.counter_fees - f) <= n
+
+
+def _positions_vs_exchange(runner: Runner, tap: ExchangeTap) -> dict[str, tuple[Any, Any]]:
+    """Per strategy: (position, Σ total, Σ fees) as the runtime has it, and as the exchange's
+    notices of that strategy's orders add up."""
+    core = runner.core
+    assert core is not None
+    out = {}
+    for name, slot in core.slots.items():
+        pos = slot.positions.position(slot.market)
+        q = t = f = 0
+        for o in core.tracker:
+            fill = tap.fills.get(o.tonce) if o.strategy == name and o.tonce is not None else None
+            if fill is not None:
+                q += fill.quantity * int(o.side)
+                t += fill.total
+                f += fill.fee
+        mine_t = sum(o.filled_total for o in core.tracker if o.strategy == name)
+        out[name] = ((pos.base, mine_t, pos.fees), (q, t, f))
+    return out
+
+
 @pytest.fixture
 def quick_backoff(monkeypatch):
     class Quick(ReconnectingClient):
@@ -195,6 +227,7 @@ async def test_f1_random_disconnects_during_order_flow_keep_the_ledger_exact(
         # Resting orders the exchange cancelled with their connection (persist: false), whose
         # OrderClosed died with it: settled from GetOrders after the reconnect.
         seen["vanished"] = sum(1 for o in r.core.tracker if o.reason.startswith("absent from GetOrders"))
+        seen["positions"] = _positions_vs_exchange(r, tap)
         r.stop()
 
     result = await run_with(runner, during)
@@ -205,7 +238,8 @@ async def test_f1_random_disconnects_during_order_flow_keep_the_ledger_exact(
         f"F1: {campaign.drops()} disconnects ({campaign.mid_frame()} mid-frame), {quiet.intents} intents, "
         f"{quiet.fills} fills, {seen['in_doubt']} in-doubt PlaceOrders and {seen['vanished']} orders closed "
         f"unseen settled by reconciliation, {s['sessions']} sessions, {seen['campaign_s']:.0f} virtual s, seed {seed}, "
-        f"server handshake crashes {campaign.handshake_crashes}: "
+        f"server handshake crashes {campaign.handshake_crashes}, fills inferred at reconnect "
+        f"{len(runner.core.inferred)} (gaps left unexplained {runner.core.inference_skipped}): "
         f"{quiet.line()} | after shutdown: {final.line()}"
     )
     with capsys.disabled():
@@ -213,16 +247,29 @@ async def test_f1_random_disconnects_during_order_flow_keep_the_ledger_exact(
     assert campaign.drops() >= 100, headline
     assert seen["in_doubt"] > 0 and seen["vanished"] > 0, headline
     assert result.exit_code == 0 and s["errors"] == [], s["errors"]
-    # O1..O8 = 0 at the quiescent instant and after shutdown.
+    # O1..O8 = 0 at the quiescent instant and after shutdown, except that an order whose
+    # fills were inferred in a gap shared with other orders has its base exact and its
+    # total and fee within one unit per trade (only the gap's sums are known exactly).
+    for led in (quiet, final):
+        led.o4 = [(o, truth) for o, truth in led.o4 if not _split_within_rounding(o, truth, tap)]
     assert not any(quiet.counts().values()), (headline, quiet)
     assert not any(final.counts().values()), (headline, final)
-    # A fill the client missed must be one whose notice died in a cut: the exchange emitted
-    # it at the very instant a connection was cut (in flight, mid-frame), and the client
-    # knows the order was settled blind (provisional, from GetOrders).
+    # Fills whose notices died in a cut were all inferred at the reconnect: no fill is
+    # missing, and every inferred one is exact per order (O4 above), so each strategy's
+    # position, traded total and fees equal the exchange's own record of its orders.
+    # A gap the solver left unexplained (logged; about 1 in 7 runs) leaves its fill
+    # uncounted: it must be one whose notice died in a cut, and it exempts its strategy.
     cuts = {link.cut_at for link, _ in campaign.links if link.cut_at is not None}
     for order, _ in quiet.lost:
         times = tap.fills[order.tonce].times
         assert any(t in cuts for t in times), (order, times)
+    assert len(quiet.lost) <= 2 * runner.core.inference_skipped, (headline, quiet.lost)
+    pos = {k: v for k, v in seen["positions"].items() if k not in {o.strategy for o, _ in quiet.lost}}
+    for name, (mine, theirs) in pos.items():
+        assert mine[0] == theirs[0], (name, mine, theirs, headline)  # position: exact
+    if not quiet.lost:  # traded totals and fees: exact summed over the strategies
+        for k in (1, 2):
+            assert sum(m[k] for m, _ in pos.values()) == sum(t[k] for _, t in pos.values()), (pos, headline)
     # Cancel-on-shutdown left nothing behind on the exchange (O2 after shutdown).
     assert runner.exchange.open_orders(USER) == []
     # Every strategy kept trading through the campaign and none was halted by it.

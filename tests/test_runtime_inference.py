@@ -20,7 +20,7 @@ from engine.protocol.messages import (
 from engine.risk import RiskGovernor
 from engine.runtime import TradingCore
 from engine.scale import DEFAULT, GBP, XBT, XBT_GBP
-from engine.state.orders import Order, OrderState
+from engine.state.orders import Fill, Order, OrderState
 from engine.state.tonces import TonceAllocator
 from engine.strategy import Side
 
@@ -120,14 +120,68 @@ def test_f1_reply_lost_market_order_that_traded_is_recorded():
     assert (order.filled, order.filled_total, order.counter_fees) == (1_000_000, 29_989, 9)
 
 
-def test_f1_ambiguous_evidence_is_left_alone(caplog):
+def test_f1_twins_at_one_price_fill_in_time_priority():
     core, clock = make_core()
     a = place(core, 1, Side.SELL, 1_000_000, 3_000_000, oid=7)
-    b = place(core, 2, Side.SELL, 1_000_000, 3_000_000, oid=8)  # twin: either could have traded
+    b = place(core, 2, Side.SELL, 1_000_000, 3_000_000, oid=8)
+    # 1 XBT sold at 30000.00: the exchange matches the older order (id 7) first.
+    events = reconcile(core, clock, NO_ORDERS, balances(9_000_000, 1_029_997), volumes(1_000_000, 30_000))
+    assert [e.order for e in events] == [a]
+    assert (a.filled, a.filled_total, a.counter_fees, b.filled) == (1_000_000, 30_000, 3, 0)
+
+
+def test_f1_one_sweep_across_two_bids_is_split_by_price_priority_exactly():
+    """Found by the F1 campaign (seed 7): a seller swept two grid bids in one gap.  The
+    better bid bought all its reservation pays for with the 100 ppm maker fee (the rate
+    learned from our earlier fills), the next bid the rest."""
+    core, clock = make_core()
+    seen = place(core, 9, Side.BUY, 1_000_000, 2_900_000, oid=5)  # far below: untouched
+    for total, fee in ((30_008, 3), (29_950, 3), (30_046, 3), (30_000, 9)):  # fills seen earlier
+        seen.fills.append(Fill(1, 1_000_000, 3_000_000, total, fee, 0, 0))
+    hi = place(core, 1, Side.BUY, 1_000_000, 3_004_985, oid=11)
+    lo = place(core, 2, Side.BUY, 1_000_000, 3_004_785, oid=13)
+    ask = place(core, 3, Side.SELL, 1_000_000, 3_010_000, oid=14)  # untouched
+    r_hi, r_lo = (DEFAULT.bid_reservation(1_000_000, p, XBT_GBP) for p in (3_004_985, 3_004_785))
+    # Truth: hi bought 999871 for 30046 + fee 3 (dust 129 left), lo 240516 for 7227 + fee 1;
+    # both closed with their session, so the view gets every reservation back but the spend.
+    gbp = 1_000_000 - 30_046 - 3 - 7_227 - 1
+    xbt = 10_000_000 + 999_871 + 240_516
+    events = reconcile(core, clock, NO_ORDERS, balances(xbt, gbp), volumes(1_240_387, 37_273))
+    assert {e.order.ref: (e.fill.quantity, e.fill.total, e.fill.counter_fee) for e in events} == {
+        1: (999_871, 30_046, 3), 2: (240_516, 7_227, 1)}
+    assert ask.filled == 0 and r_hi + r_lo > 37_277
+    assert (hi.filled, hi.remaining, lo.filled) == (999_871, 129, 240_516)
+    assert core.account.position(XBT_GBP).base == 1_240_387 and seen.filled == 0
+
+
+def test_f1_never_sent_order_whose_reservation_a_surprise_absorbed_explains_nothing():
+    """Found by the F1 campaign (seed 3): an unexplained BalanceChanged of -1 XBT had
+    absorbed the anticipated reservation of an ask queued while disconnected, so that ask
+    contributes nothing to the base residual."""
+    core, clock = make_core()
+    bid = place(core, 1, Side.BUY, 1_000_000, 3_001_155, oid=7)
+    from engine.protocol.messages import BalanceChanged
+
+    core.balances.on_balance_changed(BalanceChanged(asset=XBT.code, balance=9_000_000))  # surprise
+    unsent = place(core, 2, Side.SELL, 1_000_000, 3_000_988, oid=None, sent=False)
+    assert not core.balances.reservation_anticipated(unsent.ref)
+    r = DEFAULT.bid_reservation(1_000_000, 3_001_155, XBT_GBP)
+    events = reconcile(core, clock, NO_ORDERS, balances(9_000_000 + 999_881, 1_000_000 - 30_008 - 3),
+                       volumes(999_881, 30_008))
+    assert [e.order for e in events] == [bid] and r > 30_011
+    assert (bid.filled, bid.filled_total, bid.counter_fees) == (999_881, 30_008, 3)
+
+
+def test_f1_market_order_and_limit_order_that_both_fit_are_left_alone(caplog):
+    core, clock = make_core()
+    limit = place(core, 1, Side.BUY, 1_000_000, 3_000_000, oid=7)
+    market = place(core, 2, Side.BUY, 1_000_000, None, oid=None)  # reply lost: UNKNOWN
+    gbp = 1_000_000 - 29_990 - 3
     with caplog.at_level(logging.WARNING, logger="engine.runtime"):
-        events = reconcile(core, clock, NO_ORDERS, balances(9_000_000, 1_029_997), volumes(1_000_000, 30_000))
-    assert events == [] and a.filled == b.filled == 0
-    assert "2 orders fit the evidence" in caplog.text
+        events = reconcile(core, clock, NO_ORDERS, balances(10_000_000 + 990_000, gbp), volumes(990_000, 29_990))
+    assert events == [] and limit.filled == market.filled == 0
+    assert "2 ways to place 990000 fit the evidence" in caplog.text
+    assert core.inference_skipped == 1
 
 
 def test_f1_balances_that_do_not_add_up_infer_nothing():

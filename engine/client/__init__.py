@@ -2,6 +2,6 @@
 
 ``notices`` is the ordered, bounded notice stream and its overflow policy; ``urls`` checks
 the target (TLS by default, ``ws://`` only to loopback) before any I/O; ``reconnect`` holds
-the backoff and the reconnecting client.  :mod:`engine.connection` is the public entry point
-and the only module that imports trio_websocket.
+the backoff and the reconnecting client.  :mod:`engine.connection` is the public entry point;
+the WebSocket itself is :mod:`engine.ws`.
 """

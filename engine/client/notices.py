@@ -189,15 +189,27 @@ class NoticeQueue:
         self._closed = False
         self._lot = trio.lowlevel.ParkingLot()
         self._drain_lot = trio.lowlevel.ParkingLot()
+        self._deferred = False
 
     # -- writer side (plain def, never blocks) -------------------------------------------
 
     def _append(self, event: Event, kind: int) -> _Slot:
         slot = _Slot(event, kind)
         self._slots.append(slot)
-        if self._lot:  # only when a receiver is parked: this runs once per frame
+        if self._lot and not self._deferred:  # only when a receiver is parked: once per frame
             self._lot.unpark()
         return slot
+
+    def defer_wakeups(self) -> None:
+        """Stop waking receivers on :meth:`put` until :meth:`resume_wakeups` (an inline
+        consumer is about to take the events itself; waking another task is wasted work)."""
+        self._deferred = True
+
+    def resume_wakeups(self) -> None:
+        """Wake a receiver again on put, and now if events are left for it."""
+        self._deferred = False
+        if self._slots and self._lot:
+            self._lot.unpark()
 
     def put(self, event: Event, session: int = 0) -> bool:
         """Queue ``event`` by the overflow policy.  Returns False iff an own event reached
@@ -319,6 +331,25 @@ class NoticeQueue:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 raise trio.EndOfChannel
             await self._lot.park()
+
+    async def wait_event(self) -> None:
+        """Wait until :meth:`receive_nowait` may have an event (it can return with none
+        left, e.g. after :meth:`wake` or when another consumer took it first); raises
+        ``trio.EndOfChannel`` once the queue is closed and drained.
+
+        For consumers that take events with ``receive_nowait`` and must never hold one
+        across a checkpoint (the runner: two consumers, one order)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self._slots and not self._closed:
+            await self._lot.park()
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        if self._closed and not any(s.live for s in self._slots):
+            raise trio.EndOfChannel
+
+    def wake(self) -> None:
+        """Make every task in :meth:`wait_event` or :meth:`receive` look again."""
+        self._lot.unpark_all()
 
     def __aiter__(self) -> NoticeQueue:
         return self

@@ -157,6 +157,16 @@ class ReconnectingClient:
         return self._shared.queue
 
     @property
+    def after_frame(self) -> Callable[[], None] | None:
+        """A plain ``def`` the reader calls after each received frame (every session);
+        see "Inline consumer" in :mod:`engine.connection`.  It must never block."""
+        return self._shared.after_frame
+
+    @after_frame.setter
+    def after_frame(self, hook: Callable[[], None] | None) -> None:
+        self._shared.after_frame = hook
+
+    @property
     def connection(self) -> Connection | None:
         """The current ready connection, or None while (re)connecting."""
         return self._conn
@@ -187,6 +197,14 @@ class ReconnectingClient:
         """:meth:`Connection.send` on the next ready connection (keeps wire order)."""
         conn = await self.wait_connected()
         return await conn.send(command, echo=echo)
+
+    def send_nowait(self, command: Command, *, echo: bool = False) -> ReplyWaiter:
+        """:meth:`Connection.send_nowait` on the ready connection; ``trio.WouldBlock``
+        while there is none (reconnecting, reconciling) or it cannot send at once."""
+        conn = self._conn
+        if conn is None or conn.closed or self._halted is not None or self._finished:
+            raise trio.WouldBlock
+        return conn.send_nowait(command, echo=echo)
 
     async def watch_orders(self, base: int, counter: int) -> WatchOrdersReply:
         """Subscribe to an L3 book, now and after every reconnect (snapshot echoed)."""

@@ -298,6 +298,10 @@ class Exchange:
         """Set to a callable to receive every state-changing input as a JSON-able event
         (see engine/exchange/journal.py); replaying them onto the same starting snapshot
         reproduces the state hash."""
+        self.command_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
+        """``(begin, end)``, called around every :meth:`handle` (``end`` even when the
+        command fails), so a front end can batch the notices one command delivers (the
+        server writes them once per connection).  ``None``: no calls."""
 
         self._handlers: dict[type, Callable[[Session, Any, Any], Reply]] = {
             Authenticate: self._authenticate,
@@ -401,10 +405,16 @@ class Exchange:
         handler = self._handlers.get(type(cmd))
         if handler is None:
             return ErrorReply(tag=tag, error_code=8, error_msg=Msg.UNKNOWN_METHOD)
+        hooks = self.command_hooks
+        if hooks is not None:
+            hooks[0]()
         try:
             reply = handler(session, cmd, tag)
         except _Reject as e:
             reply = ErrorReply(tag=tag, error_code=e.code, error_msg=e.msg)
+        finally:
+            if hooks is not None:
+                hooks[1]()
         if self.journal is not None:
             self._journal_command(session, cmd)
         if self._verify:

@@ -1,4 +1,4 @@
-"""The local exchange's WebSocket front end: trio + trio-websocket around the pure core.
+"""The local exchange's WebSocket front end: trio + :mod:`engine.ws` around the pure core.
 
 ::
 
@@ -16,10 +16,14 @@ One connection, start to finish (:meth:`ExchangeServer.handle_stream`):
    order; the reply is queued behind any notices the command caused (legal: a notice may
    precede its reply).  Undecodable frames (``{}``, ``{"tag":5}``, unknown methods, deep
    nesting) get an error-8 reply from ``exchange.reply_to_bad_command``; the connection lives on.
-4. One sender task drains the queue onto the socket.  The queue is *bounded*: the core calls
-   ``deliver`` synchronously, so the engine must never wait for a socket.  When a reader is
-   too slow and its queue overflows, that connection is dropped (TCP closed at once, no close
-   handshake) and the engine and every other connection carry on (RELIABILITY X10).
+4. Frames are written straight to the socket when nothing is queued before them and the
+   socket takes them (:meth:`engine.ws.WebSocket.write_nowait`, non-blocking, so ``deliver``
+   stays a plain ``def``: a notice leaves inside the command that caused it, no task switch);
+   otherwise they queue and one sender task drains the queue onto the socket.  The queue is
+   *bounded*: the core calls ``deliver`` synchronously, so the engine must never wait for a
+   socket.  When a reader is too slow and its queue overflows, that connection is dropped
+   (TCP closed at once, no close handshake) and the engine and every other connection carry
+   on (RELIABILITY X10).
 5. On close, for whatever reason, ``exchange.close_session`` cancels that connection's
    ``persist: false`` orders (F2).
 
@@ -28,7 +32,7 @@ Decisions where the spec is silent (also in docs/EXCHANGE.md, "Server"):
 * **Binary frames** close the connection with 1003 (RFC 6455 "unsupported data"): the API is
   JSON text frames only, and a binary frame means the client is not speaking it.
 * **Oversized frames** (> ``max_message_size``, 64 KiB by default) close with 1009 (done by
-  trio-websocket).  The largest legitimate command is a few hundred bytes.
+  :mod:`engine.ws` from the frame header).  The largest legitimate command is a few hundred bytes.
 * **Idle timeout**: 60 s with no bytes in either direction closes with 1000 "idle timeout".
   Pings and pongs count as traffic (they are bytes on the socket).  The server never pings:
   the spec asks *clients* to ping, and a pinging server would hide a client whose heartbeat
@@ -62,13 +66,12 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
-from wsproto.events import TextMessage
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, HandshakeFailed, WebSocketClosed
 from engine.protocol.auth import NONCE_BYTES, b64_nonce
 from engine.protocol.codec import CODEC, BadCommand
 from engine.protocol.messages import Command, Notice, Reply, Welcome
+from engine.ws import OP_TEXT, WebSocket, accept_request, encode_frame
 
 if TYPE_CHECKING:
     from engine.exchange.core import Exchange, Session
@@ -76,8 +79,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
-RECEIVE_BUFFER = 64 * 1024  # bytes per socket read (trio-websocket's 4 KiB default costs
-# one read per handful of pipelined commands)
 REFUSE_TIMEOUT = 2.0  # seconds to send a 503 to a connection over the limits
 
 # WebSocket close codes the server uses (RFC 6455 section 7.4.1).
@@ -112,7 +113,8 @@ class ServerOptions:
     max_message_size: int = 64 * 1024
     """Largest inbound frame in bytes; larger closes with 1009."""
     message_queue_size: int = 256
-    """trio-websocket's inbound queue. Not 1: with 1 its reader blocks and pings go unanswered."""
+    """Unused since :mod:`engine.ws` (frames are read in the connection's task, no queue);
+    kept so existing configurations stay valid."""
     send_queue_frames: int = 20_000
     """Outbound frames queued per connection before it is dropped as a slow reader."""
     send_queue_bytes: int = 32 * 1024 * 1024
@@ -188,37 +190,8 @@ class _Counters:
     peak_send_queue: int = 0
 
 
-class _TrafficStream(trio.abc.Stream):
-    """Passes everything through and notes when bytes last moved, in either direction.
-
-    Wrapping the stream (rather than watching WebSocket messages) makes pings, pongs and
-    partial frames count as traffic, which is what "no traffic passing" means.
-    """
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.last_traffic = trio.current_time()
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.last_traffic = trio.current_time()
-        await self.stream.send_all(data)
-        self.last_traffic = trio.current_time()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.stream.receive_some(max_bytes)
-        if data:
-            self.last_traffic = trio.current_time()
-        return data
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
 class _Outbox:
-    """The bounded FIFO of encoded frames for one connection.
+    """The bounded FIFO of encoded frames (wire bytes) for one connection.
 
     ``put`` is a plain ``def`` that never blocks (the core calls it mid-command); it returns
     False when the bound is exceeded, and the caller drops the connection.
@@ -227,7 +200,7 @@ class _Outbox:
     __slots__ = ("_frames", "_bytes", "_lot", "max_frames", "max_bytes", "peak")
 
     def __init__(self, max_frames: int, max_bytes: int) -> None:
-        self._frames: deque[str] = deque()
+        self._frames: deque[bytes] = deque()
         self._bytes = 0
         self._lot = trio.lowlevel.ParkingLot()
         self.max_frames = max_frames
@@ -237,7 +210,7 @@ class _Outbox:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put(self, frame: str) -> bool:
+    def put(self, frame: bytes) -> bool:
         frames = self._frames
         frames.append(frame)
         self._bytes += len(frame)
@@ -248,21 +221,32 @@ class _Outbox:
             self._lot.unpark_all()
         return n <= self.max_frames and self._bytes <= self.max_bytes
 
-    async def get_all(self) -> list[str]:
-        """Wait for at least one frame, then take everything queued."""
-        while not self._frames:
-            await self._lot.park()
-        out = list(self._frames)
-        self._frames.clear()
-        self._bytes = 0
+    def kick(self) -> None:
+        """Wake the sender (bytes are waiting in the WebSocket itself)."""
+        self._lot.unpark_all()
+
+    async def wait(self) -> None:
+        await self._lot.park()
+
+    def take(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` frames off the front."""
+        frames = self._frames
+        if len(frames) <= limit:
+            out = list(frames)
+            frames.clear()
+            self._bytes = 0
+        else:
+            out = [frames.popleft() for _ in range(limit)]
+            self._bytes -= sum(map(len, out))
         return out
 
 
 class _NoticeText:
-    """Encodes notices, once per distinct notice object.
+    """Encodes notices into server frames (wire bytes), once per distinct notice object.
 
     The core hands the *same* notice object to every watcher of a book; remembering the last
     few objects (by identity, holding a reference so ids cannot be reused) encodes it once.
+    Server frames are unmasked, so the same bytes go to every connection.
     """
 
     __slots__ = ("_objs", "_texts", "_i")
@@ -271,20 +255,24 @@ class _NoticeText:
 
     def __init__(self) -> None:
         self._objs: list[object] = [None] * self.SIZE
-        self._texts: list[str] = [""] * self.SIZE
+        self._texts: list[bytes] = [b""] * self.SIZE
         self._i = 0
 
-    def __call__(self, notice: Notice) -> str:
+    def __call__(self, notice: Notice) -> bytes:
         objs = self._objs
         for k in range(self.SIZE):
             if objs[k] is notice:
                 return self._texts[k]
-        text = CODEC.encode(notice).decode("utf-8")
+        frame = _frame(CODEC.encode(notice))
         i = self._i
         objs[i] = notice
-        self._texts[i] = text
+        self._texts[i] = frame
         self._i = (i + 1) % self.SIZE
-        return text
+        return frame
+
+
+def _frame(utf8: bytes) -> bytes:
+    return encode_frame(OP_TEXT, utf8, mask=False)
 
 
 class ExchangeServer:
@@ -306,6 +294,14 @@ class ExchangeServer:
         self._notice_text = _NoticeText()
         self._shutting_down = False
         self._idle_lot = trio.lowlevel.ParkingLot()  # woken whenever a connection ends
+        # While a command runs in the core (from a connection, or an in-process participant
+        # through Exchange.handle), frames for every connection are collected here and
+        # written once per connection when it returns: one system call for the notices (and
+        # the reply) a command causes, instead of one per frame.  _cork_depth nests the
+        # core's own hooks inside a connection reader's command.
+        self._corked: list[_Connection] | None = None
+        self._cork_depth = 0
+        exchange.command_hooks = (self._cork_begin, self._cork_end)
         seed = self.options.nonce_seed
         self._nonce_rng = random.Random(seed) if seed is not None else None
 
@@ -348,38 +344,30 @@ class ExchangeServer:
             await self._refuse(stream)
             return
         self._per_ip[peer] = self._per_ip.get(peer, 0) + 1
-        traffic = _TrafficStream(stream)
         try:
-            async with trio.open_nursery() as nursery:
-                ws = None
-                with trio.move_on_after(opts.handshake_timeout):
-                    try:
-                        request = await wrap_server_stream(
-                            nursery, traffic,
-                            message_queue_size=opts.message_queue_size,
-                            max_message_size=opts.max_message_size,
-                            receive_buffer_size=RECEIVE_BUFFER,
-                        )
-                        if request.path.split("?", 1)[0] != "/":
-                            await request.reject(404, body=b"The exchange is served on path /\n")
-                        else:
-                            ws = await request.accept()
-                    except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                        # The peer vanished mid-handshake: that costs this connection only
-                        # (escaping here would end serve_listeners, i.e. the whole exchange).
-                        ws = None
-                if ws is None:
-                    self._c.handshake_failures += 1
-                else:
-                    self._c.accepted += 1
-                    conn = _Connection(self, ws, traffic, next(self._ids), peer)
-                    self._open.add(conn)
-                    try:
-                        await conn.run()
-                    finally:
-                        self._open.discard(conn)
-                        self._idle_lot.unpark_all()
-                nursery.cancel_scope.cancel()
+            ws = None
+            with trio.move_on_after(opts.handshake_timeout):
+                try:
+                    request = await accept_request(stream, max_message_size=opts.max_message_size)
+                    if request.path.split("?", 1)[0] != "/":
+                        await request.reject(404, body=b"The exchange is served on path /\n")
+                    else:
+                        ws = await request.accept()
+                except HandshakeFailed:
+                    # A bad request (answered with 400/426 by accept_request) or a peer that
+                    # vanished mid-handshake: that costs this connection only.
+                    ws = None
+            if ws is None:
+                self._c.handshake_failures += 1
+            else:
+                self._c.accepted += 1
+                conn = _Connection(self, ws, next(self._ids), peer)
+                self._open.add(conn)
+                try:
+                    await conn.run()
+                finally:
+                    self._open.discard(conn)
+                    self._idle_lot.unpark_all()
         finally:
             left = self._per_ip[peer] - 1
             if left:
@@ -417,15 +405,27 @@ class ExchangeServer:
         flood of refused connections cannot hold tasks for long.
         """
         try:
-            async with trio.open_nursery() as nursery:
-                with trio.move_on_after(REFUSE_TIMEOUT):
-                    request = await wrap_server_stream(nursery, stream, message_queue_size=1, max_message_size=1024)
-                    await request.reject(503, body=b"Too many connections; try again later.\n")
-                nursery.cancel_scope.cancel()
+            with trio.move_on_after(REFUSE_TIMEOUT):
+                request = await accept_request(stream, max_message_size=1024)
+                await request.reject(503, body=b"Too many connections; try again later.\n")
+        except HandshakeFailed:
+            pass  # not even a valid request: it got its 400
         finally:
             await trio.aclose_forcefully(stream)
 
     # -- used by connections -----------------------------------------------------------
+
+    def _cork_begin(self) -> None:
+        if self._cork_depth == 0:
+            self._corked = []
+        self._cork_depth += 1
+
+    def _cork_end(self) -> None:
+        self._cork_depth -= 1
+        if self._cork_depth == 0:
+            corked, self._corked = self._corked, None
+            for conn in corked or ():
+                conn._uncork()
 
     def _new_nonce(self) -> bytes:
         if self._nonce_rng is not None:
@@ -436,12 +436,10 @@ class ExchangeServer:
 class _Connection:
     """One accepted WebSocket: a core session, a bounded outbox, a sender and a watchdog."""
 
-    def __init__(self, server: ExchangeServer, ws: WebSocketConnection, traffic: _TrafficStream,
-                 conn_id: int, peer: str) -> None:
+    def __init__(self, server: ExchangeServer, ws: WebSocket, conn_id: int, peer: str) -> None:
         opts = server.options
         self.server = server
         self.ws = ws
-        self.traffic = traffic
         self.id = conn_id
         self.peer = peer
         self.outbox = _Outbox(opts.send_queue_frames, opts.send_queue_bytes)
@@ -449,13 +447,14 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.close_code: int | None = None  # None: close TCP without a close handshake
         self.close_reason = ""
+        self._cork: list[bytes] = []
         self.session: Session | None = None
         self._notice_text = server._notice_text
         chaos = opts.chaos
         self.chaos = chaos
         if chaos is not None:
             self._rng = random.Random(f"chaos:{chaos.seed}:{conn_id}")
-            self._held: list[tuple[float, int, str]] = []
+            self._held: list[tuple[float, int, bytes]] = []
             self._held_seq = itertools.count()
             self._last_notice_release = 0.0
             self._held_lot = trio.lowlevel.ParkingLot()
@@ -472,21 +471,46 @@ class _Connection:
         """The session's ``deliver`` callback: encode and queue, or drop a slow reader."""
         if self.closed:
             return
-        text = self._notice_text(notice)
+        frame = self._notice_text(notice)
         if self.chaos is not None and self.chaos.notice_delay > 0:
             release = max(self._last_notice_release,
                           trio.current_time() + self._rng.uniform(0, self.chaos.notice_delay))
             self._last_notice_release = release
-            self._hold(release, text)
+            self._hold(release, frame)
         else:
-            self._queue(text)
+            self._queue(frame)
 
-    def _queue(self, text: str) -> None:
-        if not self.outbox.put(text):
+    def _queue(self, frame: bytes) -> None:
+        corked = self.server._corked
+        if corked is not None:
+            if not self._cork:
+                corked.append(self)
+            self._cork.append(frame)
+            return
+        self._write(frame)
+
+    def _uncork(self) -> None:
+        frames = self._cork
+        self._cork = []
+        if not self.closed:
+            self._write(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+    def _write(self, frame: bytes, count: int = 1) -> None:
+        outbox, ws = self.outbox, self.ws
+        if not outbox and not ws.pending_bytes and not ws.sending and self.session is not None:
+            # Nothing ahead of it: straight to the socket, no task switch.
+            try:
+                if not ws.write_nowait(frame):
+                    outbox.kick()  # the socket took part of it: the sender writes the rest
+                self.server._c.frames_sent += count
+            except WebSocketClosed:
+                pass  # the reader sees the closure and ends the connection
+            return
+        if not outbox.put(frame):
             self.drop_slow_reader()
 
-    def _hold(self, release: float, text: str) -> None:
-        heapq.heappush(self._held, (release, next(self._held_seq), text))
+    def _hold(self, release: float, frame: bytes) -> None:
+        heapq.heappush(self._held, (release, next(self._held_seq), frame))
         if len(self._held) + len(self.outbox) > self.outbox.max_frames:
             self.drop_slow_reader()
         self._held_lot.unpark_all()
@@ -494,12 +518,12 @@ class _Connection:
     def send_reply(self, reply: Reply, cmd: Command | None) -> None:
         if self.closed:
             return
-        text = CODEC.encode(reply).decode("utf-8")
+        frame = _frame(CODEC.encode(reply))
         chaos = self.chaos
         if chaos is not None and not (cmd is not None and cmd.info_request):
-            self._hold(trio.current_time() + self._rng.uniform(0, chaos.reply_delay), text)
+            self._hold(trio.current_time() + self._rng.uniform(0, chaos.reply_delay), frame)
         else:
-            self._queue(text)
+            self._queue(frame)
 
     def drop_slow_reader(self) -> None:
         if self.closed:
@@ -511,7 +535,11 @@ class _Connection:
         log.warning("%r dropped: send queue overflow (%d frames queued)", self, len(self.outbox))
         self.scope.cancel()
 
-    def close(self, code: int, reason: str) -> None:
+    def drop(self, reason: str) -> None:
+        """End the connection without a close handshake (the transport is broken)."""
+        self.close(None, reason)
+
+    def close(self, code: int | None, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
@@ -526,7 +554,7 @@ class _Connection:
         exchange = server.exchange
         nonce = server._new_nonce()
         # Welcome goes into the outbox before the session exists, so it is always first.
-        self.outbox.put(CODEC.encode(Welcome(nonce=b64_nonce(nonce))).decode("utf-8"))
+        self.outbox.put(_frame(CODEC.encode(Welcome(nonce=b64_nonce(nonce)))))
         self.session = session = exchange.open_session(self.deliver, server_nonce=nonce)
         log.info("%r open (session %s)", self, session.id)
         try:
@@ -547,15 +575,17 @@ class _Connection:
         if self.close_code is not None:
             with trio.move_on_after(server.options.close_timeout):
                 await self.ws.aclose(self.close_code, self.close_reason)
+        self.ws.abort()
 
     async def _reader(self, session: Session) -> None:
-        exchange = self.server.exchange
-        counters = self.server._c
+        server = self.server
+        exchange = server.exchange
+        counters = server._c
         ws = self.ws
         while True:
             try:
-                msg = await ws.get_message()
-            except ConnectionClosed as e:
+                msg = await ws.receive()
+            except WebSocketClosed as e:
                 reason = e.reason
                 if reason is not None and reason.code == 1009:
                     counters.closed_oversize += 1
@@ -574,8 +604,10 @@ class _Connection:
                 reply: Reply = exchange.reply_to_bad_command(session, e)
             else:
                 counters.commands += 1
+                server._cork_begin()
                 try:
                     reply = exchange.handle(session, cmd)
+                    self.send_reply(reply, cmd)
                 except Exception:
                     # A bug in the core; its state may be half-changed, so this connection
                     # ends and the log says why. The command type is safe to log; its
@@ -584,35 +616,43 @@ class _Connection:
                     log.exception("%r: exchange core raised on %s", self, type(cmd).__name__)
                     self.close(CLOSE_INTERNAL, "internal error")
                     return
+                finally:
+                    server._cork_end()
+                if self.closed:
+                    return
+                continue
             self.send_reply(reply, cmd)
             if self.closed:
                 return
 
     async def _sender(self) -> None:
+        """Writes what could not go straight to the socket: the Welcome, frames queued
+        behind others, the rest of a partial write; up to SEND_BATCH frames per write."""
         ws = self.ws
+        outbox = self.outbox
         counters = self.server._c
-        batched = _can_batch(ws)
         try:
             while True:
-                frames = await self.outbox.get_all()
-                if batched:
-                    for i in range(0, len(frames), SEND_BATCH):
-                        await _send_batch(ws, frames[i : i + SEND_BATCH])
-                else:
-                    for frame in frames:
-                        await ws.send_message(frame)
-                counters.frames_sent += len(frames)
-        except ConnectionClosed:
-            # The peer vanished with frames queued (a reset, a cut link): the reader sees
-            # the same closure and ends the connection.  Raising here would escape
-            # handle_stream and take serve_listeners, i.e. every connection, down with it.
+                while not outbox and not ws.pending_bytes:
+                    await outbox.wait()
+                if outbox:
+                    frames = outbox.take(SEND_BATCH)
+                    ws.write_nowait(b"".join(frames))
+                    counters.frames_sent += len(frames)
+                await ws.flush()
+        except WebSocketClosed as e:
+            # The peer vanished with frames queued (a reset, a cut link).  End this
+            # connection now (the reader may be waiting on a link that will never deliver
+            # again); raising instead would escape handle_stream and take serve_listeners,
+            # i.e. every connection, down with it.
+            self.drop(f"send failed: {e}")
             return
 
     async def _idle_watchdog(self) -> None:
         timeout = self.server.options.idle_timeout
-        traffic = self.traffic
+        ws = self.ws
         while True:
-            deadline = traffic.last_traffic + timeout
+            deadline = ws.last_traffic + timeout
             if trio.current_time() >= deadline:
                 self.server._c.closed_idle += 1
                 self.close(CLOSE_NORMAL, f"idle timeout ({timeout:g} s without traffic)")
@@ -635,32 +675,6 @@ class _Connection:
 
 SEND_BATCH = 256
 """Frames written with one ``send_all`` when a connection's outbox holds many."""
-
-
-def _can_batch(ws: WebSocketConnection) -> bool:
-    return all(hasattr(ws, a) for a in ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket"))
-
-
-async def _send_batch(ws: Any, frames: list[str]) -> None:
-    """Send several text frames with one socket write.
-
-    trio-websocket's ``send_message`` takes its stream lock and makes one ``send_all`` per
-    frame, which costs more than everything else a notice needs (about 60% of the server's
-    time for pipelined clients).  This does exactly what its ``_send`` does (wsproto framing,
-    the same lock, the same abort on a broken stream), for a whole batch at once.  It relies
-    on trio-websocket internals, so the server checks for them (``_can_batch``) and falls
-    back to ``send_message`` if a future version changes them.
-    """
-    if ws._close_reason:
-        raise ConnectionClosed(ws._close_reason)
-    proto = ws._wsproto
-    data = b"".join([proto.send(TextMessage(data=f)) for f in frames])
-    async with ws._stream_lock:
-        try:
-            await ws._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise ConnectionClosed(ws._close_reason) from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -221,6 +221,13 @@ class BalanceView:
         self.stats.surprises += 1
         return []
 
+    def reservation_anticipated(self, ref: int) -> bool:
+        """True while the view counts order ``ref``'s reservation as taken (pending, or
+        settled by a BalanceChanged of the same amount); False when none was anticipated
+        or a surprise already observed absorbed it.  Lost-fill inference uses it to know
+        what a never-sent order contributes to the balance residual."""
+        return ref in self._reserve or ref in self._reserve_settled
+
     # -- our actions -----------------------------------------------------------------------
 
     def on_place_sent(self, order: Order) -> Delta | None:
