@@ -78,7 +78,15 @@ from engine.protocol.messages import (
     WatchOrders,
 )
 from engine.scale import Market
-from engine.state.events import EV_CLOSE, EV_MATCH, EV_OPEN, EVF_HAS_ASK, EVF_HAS_BID, EVF_OWN, EVF_OWN_ASK
+from engine.state.events import (
+    EV_CLOSE,
+    EV_MATCH,
+    EV_OPEN,
+    EVF_HAS_ASK,
+    EVF_HAS_BID,
+    EVF_OWN,
+    EVF_OWN_ASK,
+)
 from engine.strategy import Strategy
 
 __all__ = ["FastReplay"]
@@ -94,6 +102,8 @@ _WALK = 4096  # most resting orders one walk may visit
 class FastReplay(Replay):
     """A replay with the same inputs, options and result as :class:`Replay` (see module doc)."""
 
+    DEFAULT_ROUNDING = "strategy"
+
     def __init__(self, config: RunConfig, data: ReplayData, options: ReplayOptions | None = None, *,
                  config_path: str = "") -> None:
         super().__init__(config, data, options, config_path=config_path)
@@ -101,7 +111,11 @@ class FastReplay(Replay):
         if opts.feed_latency_us:
             raise ConfigError("the fast replay takes feed_latency_us = 0 only; use the exact replay for feed latency")
         if self._tickers:
-            raise ConfigError("a strategy overrides on_ticker: the fast replay builds no tickers; use the exact replay")
+            raise ConfigError("the fast replay builds no tickers (a strategy overrides on_ticker, or tickers=True); "
+                              "use the exact replay")
+        if opts.rounding == "shared":
+            raise ConfigError("the fast replay re-trades no recorded flow, so the strategy's trades draw from their "
+                              "own rounding stream (rounding='strategy'); use the exact replay for 'shared'")
         self.exchange._next_id = OWN_ID_BASE
         # traded markets get a small index; rows of other markets are -1 (skipped)
         self._kmarkets: list[Market] = []
@@ -119,6 +133,9 @@ class FastReplay(Replay):
         ]
         self._pending: list[Notice] = []
         self._taken: set[int] = set()
+        # recorded orders holding more than the recording says (ours took flow that, live,
+        # went to them): id -> (market, is a bid, price); the kernel treats them as ours
+        self._held: dict[int, tuple[Market, bool, int]] = {}
         self._taken_arr = np.zeros(0, dtype=np.int64)
         self._fdeferred: list[tuple[Market, int]] = []
         self._own_rec: set[int] = set()
@@ -205,6 +222,7 @@ class FastReplay(Replay):
         ids, rems, prices, owns = (self._w_id[:n].tolist(), self._w_rem[:n].tolist(),
                                    self._w_price[:n].tolist(), self._w_own[:n].tolist())
         left = quantity
+        maker_got = 0
         base, counter = market.codes
         for oid, rem, p, own in zip(ids, rems, prices, owns, strict=True):
             if left <= 0:
@@ -218,8 +236,12 @@ class FastReplay(Replay):
             x = min(left, rem)
             left -= x
             after = rem - x
-            if recorded is not None and recorded[0] == oid and x == quantity:
-                after = recorded[1]
+            if recorded is not None and recorded[0] == oid:
+                if x == quantity and oid not in self._held:
+                    # the recording's remaining is the truth (a bid's fee comes out of its
+                    # reservation) unless the replay took more of it than live
+                    after = min(after, recorded[1])
+                maker_got = x
             total = self.config.scales.exact_total(x, p, market)
             tot = total[0] // total[1]
             t = self.now_us
@@ -232,6 +254,13 @@ class FastReplay(Replay):
             self._notice(n_)
             if after == 0:
                 self._notice(OrderClosed(id=oid, base=base, counter=counter, quantity=0, price=p))
+        if recorded is not None and maker_got < quantity and recorded[0] not in self._held:
+            # ours took (some of) the flow that went to this maker live: it keeps what it
+            # did not sell, as the exact path's copy does, until the recording closes it
+            v = book.order(recorded[0])
+            if v is not None:
+                self._held[recorded[0]] = (market, not taker_buy, v.price)
+                self._set_taken()
         return left
 
     def _core_take(self, market: Market, taker_buy: bool, price: int, x: int, limit_buy: bool = False) -> int:
@@ -249,12 +278,17 @@ class FastReplay(Replay):
         else:
             r = ex.handle(self._t_sess, PlaceOrder(base=base, counter=counter, quantity=-x, price=price))
         hide: set[int] = set()
+        got = sum(n.quantity for n in self._pending if type(n) is OrdersMatched)  # type: ignore[attr-defined]
         if type(r) is PlaceOrderReply:
             hide.add(r.id)  # type: ignore[arg-type]
-            if ex.open_orders(self.taker_uid):
+            rest = ex.open_orders(self.taker_uid)
+            if rest:
                 self.stats.transient_rests += 1
                 ex.handle(self._t_sess, CancelOrder(id=r.id))  # type: ignore[arg-type]
-        got = sum(n.quantity for n in self._pending if type(n) is OrdersMatched)  # type: ignore[attr-defined]
+            if taker_buy and limit_buy:
+                # a limit bid pays its fee out of its reservation: what it did not buy and
+                # cannot rest with is gone, as it is for the exact path's copy
+                got = x - (rest[0].quantity if rest else 0)
         self._drain(hide=hide)
         return got
 
@@ -289,6 +323,8 @@ class FastReplay(Replay):
                 self._set_taken(remove=oid)
                 self._fdeferred.append((market, oid))
                 return
+            if self._held.pop(oid, None) is not None:
+                self._set_taken()
             self._notice(OrderClosed(id=oid, base=base, counter=counter, quantity=int(e["quantity"]),
                                      price=int(e["price"])))
         elif kind == EV_MATCH:
@@ -325,7 +361,19 @@ class FastReplay(Replay):
             self._taken.add(add)
         if remove is not None:
             self._taken.discard(remove)
-        self._taken_arr = np.array(sorted(self._taken), dtype=np.int64)
+        self._taken_arr = np.array(sorted(self._taken | self._held.keys()), dtype=np.int64)
+
+    def _guard_best(self, market: Market) -> tuple[int, int]:
+        """The best prices the kernel must not trade through without Python: ours and
+        those of held recorded orders (flow at or beyond them walks the queue in Python)."""
+        bid, ask = self._own_best(market)
+        for m, is_bid, p in self._held.values():
+            if m is market:
+                if is_bid and p > bid:
+                    bid = p
+                elif not is_bid and (ask == 0 or p < ask):
+                    ask = p
+        return bid, ask
 
     def _close_deferred(self) -> None:
         items, self._fdeferred = self._fdeferred, []
@@ -465,7 +513,7 @@ class FastReplay(Replay):
                         if self.now_us < first:  # every hook conflated until ``first``
                             stop_top = 0
                             until = min(until, first)
-                own_bid, own_ask = self._own_best(market)
+                own_bid, own_ask = self._guard_best(market)
                 out[:] = 0
                 j, st = FK.k_scan(book._a, ev[:lim], mkt[:lim], k, i, until, own_bid, own_ask, self._taken_arr,
                                   stop_top, int(self._stop_trade[k]), out)
@@ -540,7 +588,7 @@ class FastReplay(Replay):
         # the same decision the kernel makes: pass it on as recorded, or walk the queue
         oid, ask_id, p = int(e["id"]), int(e["ask_id"]), int(e["price"])
         has_bid, has_ask = flags & EVF_HAS_BID, flags & EVF_HAS_ASK
-        own_bid, own_ask = self._own_best(market)
+        own_bid, own_ask = self._guard_best(market)
         plain = False
         if has_bid and not (has_ask and ask_id in book) and oid in book:
             v = book.order(oid)

@@ -7,10 +7,11 @@ and stops, *before* applying it, at the first event the exchange core must see:
 * an OrderOpened that crosses the opposite best (recorded orders never cross each other,
   so it crosses one of ours, or a recorded order that holds more than the recording says);
 * an OrdersMatched whose maker is not where the recording had it: not at its side's best
-  price, holding less than the traded quantity, or with one of our orders at or better than the
+  price, holding less than the traded quantity plus the recorded remaining, or with one of our orders at or better than the
   trade price on its side (ours may be ahead of it in the queue);
 * any event flagged own (a recording of a live run: the replay re-creates those orders),
-  or the OrderClosed of an order one of our recorded takers emptied (``taken``);
+  or any close or trade of an order in ``taken``: one our recorded taker emptied live, or
+  one that holds more than the recording says (our order took flow that, live, went to it);
 * with ``stop_trade``, every OrdersMatched (a strategy that overrides ``on_trade``).
 
 It also stops *after* an event that changed the touch when ``stop_top`` is set (an
@@ -70,7 +71,8 @@ def k_scan(a, ev, mkt, market, start, until, own_bid, own_ask, taken, stop_top, 
 
     ``mkt`` gives each row's traded-market index (-1: a market no strategy trades, skipped
     and counted in ``out[2]``); a row of another traded market stops with OTHER_MARKET.
-    ``own_bid``/``own_ask``: the strategy's best prices (0 = none).  ``taken``: sorted ids.
+    ``own_bid``/``own_ask``: the strategy's best prices (0 = none).  ``taken``: sorted ids
+    whose every close and trade Python handles.
     Returns (next row, status); ``out[0]`` gets 1 if the touch changed, ``out[1]`` the last
     trade price applied (0 if none), ``out[2]`` the rows of untraded markets skipped,
     ``out[3]`` the receive time of the last row applied.
@@ -114,11 +116,7 @@ def k_scan(a, ev, mkt, market, start, until, own_bid, own_ask, taken, stop_top, 
             if flags & EVF_OWN:
                 status = INTERACT
                 break
-            hit = False
-            for t in taken:
-                if t == e.id:
-                    hit = True
-            if hit:
+            if _member(taken, e.id):
                 status = INTERACT
                 break
             r = _close(a, e.id, e.quantity, 0)
@@ -128,6 +126,9 @@ def k_scan(a, ev, mkt, market, start, until, own_bid, own_ask, taken, stop_top, 
                 break
             has_bid = flags & EVF_HAS_BID
             has_ask = flags & EVF_HAS_ASK
+            if (has_bid and _member(taken, e.id)) or (has_ask and _member(taken, e.ask_id)):
+                status = INTERACT
+                break
             hb = _find(a, e.id)[0] if has_bid else -1
             ha = _find(a, e.ask_id)[0] if has_ask else -1
             # which side rested: the one in the view (both or neither: the older id)
@@ -147,7 +148,9 @@ def k_scan(a, ev, mkt, market, start, until, own_bid, own_ask, taken, stop_top, 
                 if ha < 0 or _get(a, H_BA) != p or (own_ask != 0 and own_ask <= p):
                     status = INTERACT
                     break
-                if _get(a, _rec(ha) + S_REM) < e.quantity:
+                # the view must hold at least what the recording says it held (ours may
+                # have taken some of it: then Python walks, as the exact path trades)
+                if _get(a, _rec(ha) + S_REM) < e.quantity + e.ask_remaining:
                     status = INTERACT
                     break
             else:
@@ -159,7 +162,7 @@ def k_scan(a, ev, mkt, market, start, until, own_bid, own_ask, taken, stop_top, 
                     break
                 # (a bid's remaining may drop by more than it bought: its fee comes out of
                 # its reservation; the recorded remaining is the truth)
-                if _get(a, _rec(hb) + S_REM) < e.quantity:
+                if _get(a, _rec(hb) + S_REM) < e.quantity + e.remaining:
                     status = INTERACT
                     break
             r = _match(a, e.id, e.remaining, e.ask_id, e.ask_remaining, flags)
@@ -179,6 +182,20 @@ def k_scan(a, ev, mkt, market, start, until, own_bid, own_ask, taken, stop_top, 
                 break
     a[H_EVENTS] += applied
     return i, status
+
+
+@njit(cache=True, **_NO_NRT)
+def _member(ids, x):  # type: ignore[no-untyped-def]
+    """``x`` in the sorted array ``ids`` (binary search)."""
+    lo = 0
+    hi = len(ids)
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ids[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < len(ids) and ids[lo] == x
 
 
 @njit(cache=True)

@@ -504,8 +504,19 @@ class ReplayOptions:
     follows the trades), which saves the exchange building them."""
     check_invariants: bool = True
     """Run the exchange core's invariant checks (conservation, reservations) at the end."""
+    rounding: str | None = None
+    """Which stochastic-rounding stream a trade draws from; None: the path's own (the exact
+    path ``"shared"``, the fast path ``"strategy"``).  ``"shared"``: one stream for
+    every trade, as the live exchange does (so a recording of a one-market live run is
+    reproduced to the unit).  ``"strategy"``: trades of the strategy's user draw from the
+    stream seeded with ``seed``, trades among the recorded users from another one, so the
+    strategy's totals and fees do not depend on how much recorded flow the replay re-trades
+    -- what :class:`backtests.fast.FastReplay` does (it re-trades none), hence the setting
+    to compare the two paths fill by fill."""
 
     def __post_init__(self) -> None:
+        if self.rounding not in (None, "shared", "strategy"):
+            raise ConfigError(f"rounding must be 'shared' or 'strategy', was {self.rounding!r}")
         for name in ("order_latency_us", "feed_latency_us"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -543,6 +554,9 @@ class Replay:
     tests), ``core`` the strategy's TradingCore.
     """
 
+    DEFAULT_ROUNDING = "shared"
+    """ReplayOptions.rounding when None."""
+
     def __init__(self, config: RunConfig, data: ReplayData, options: ReplayOptions | None = None, *,
                  config_path: str = "") -> None:
         from engine.exchange.core import Exchange
@@ -575,6 +589,9 @@ class Replay:
             )
         self.exchange = Exchange(settings, clock_us=self._clock_us, rng=random.Random(self.seed), credentials={})
         ex = self.exchange
+        self.rounding = opts.rounding or self.DEFAULT_ROUNDING
+        if self.rounding == "strategy":
+            self._split_rounding()
         self._m_sess = ex.open_internal_session(self.maker_uid, None)
         self._t_sess = ex.open_internal_session(self.taker_uid, None)
         self._s_sess: Any = None
@@ -603,6 +620,25 @@ class Replay:
         self.stopped = False
         self.events_done = 0
         self._rows_done = self._snaps_done = 0
+
+    def _split_rounding(self) -> None:
+        """ReplayOptions.rounding == "strategy": each trade picks its stream by its parties
+        (the core reads ``_below`` once per trade, at its start)."""
+        ex = self.exchange
+        own = ex._below
+        # Trades among the recorded users round down (no draw): their copies then never
+        # lose a unit of quantity to reservation rounding (dust), so recorded flow reaches
+        # the strategy's orders as it does in the fast path, which re-trades none of it.
+        def market(n: int) -> int:
+            return n
+        trade = ex._trade
+        uid = STRATEGY_USER_ID
+
+        def _trade(book: Any, buyer: Any, seller: Any, *args: Any) -> int:
+            ex._below = own if buyer.user_id == uid or seller.user_id == uid else market
+            return trade(book, buyer, seller, *args)
+
+        ex._trade = _trade  # type: ignore[method-assign,assignment]
 
     # -- clocks --------------------------------------------------------------------------
 
@@ -1085,6 +1121,8 @@ class Replay:
             "seed": self.seed,
             "order_latency_us": opts.order_latency_us,
             "feed_latency_us": opts.feed_latency_us,
+            "rounding": self.rounding,
+            "mode": "exact",
             "start_us": self.data.start_us,
             "end_us": self.now_us,
             "virtual_seconds": (self.now_us - self.data.start_us) / 1e6,
