@@ -614,6 +614,7 @@ class Replay:
         self._seq = 0
         self._nfills = 0
         self._marks: list[tuple[int, int, int, int, int]] = []
+        self._mark_cache: dict[str, tuple[tuple[int, int | None], int, int]] = {}
         self._names = list(self.core.slots)
         self._index = {n: i for i, n in enumerate(self._names)}
         self.started = False
@@ -866,10 +867,18 @@ class Replay:
     def _mark(self, name: str) -> None:
         core = self.core
         slot = core.slots[name]
-        eq = core.equity(name)
         mid = core.mark_price(slot.market)
-        self._marks.append((self.now_us, self._index[name], slot.positions.position(slot.market).base,
-                            eq.numerator // eq.denominator, mid or 0))
+        # equity moves only with a fill or the mark price: a quiet second reuses the last
+        # (exact-fraction equity is the costly part of a mark)
+        key = (len(core.fills), mid)
+        last = self._mark_cache.get(name)
+        if last is not None and last[0] == key:
+            base, eq_units = last[1], last[2]
+        else:
+            eq = core.equity(name)
+            base, eq_units = slot.positions.position(slot.market).base, eq.numerator // eq.denominator
+            self._mark_cache[name] = (key, base, eq_units)
+        self._marks.append((self.now_us, self._index[name], base, eq_units, mid or 0))
 
     def _timer(self, kind: int, name: str) -> None:
         if kind == _T_SUBSCRIBE:
@@ -1204,12 +1213,18 @@ class _Progress:
 
 
 def run_backtest(config: str | Path | RunConfig, data: str | Path | ReplayData,
-                 options: ReplayOptions | None = None) -> BacktestResult:
-    """Load (if given paths) and replay: the one call reports, sweeps and the CLI use."""
+                 options: ReplayOptions | None = None, *, fast: bool = False) -> BacktestResult:
+    """Load (if given paths) and replay: the one call reports, sweeps and the CLI use.
+    ``fast``: :class:`backtests.fast.FastReplay` instead of the exact :class:`Replay`."""
     if isinstance(config, RunConfig):
         cfg, cpath = config, "<config>"
     else:
         cpath = str(config)
         cfg = load_run_config(cpath, resolve_secrets=False)
     rd = data if isinstance(data, ReplayData) else load_recording(data)
-    return Replay(cfg, rd, options, config_path=cpath).run()
+    cls: type[Replay] = Replay
+    if fast:
+        from backtests.fast import FastReplay
+
+        cls = FastReplay
+    return cls(cfg, rd, options, config_path=cpath).run()

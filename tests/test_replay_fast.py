@@ -28,36 +28,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sim_file = T.sim_file  # the 20-minute simulated recording (a module fixture)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def _fast_path(monkeypatch):
+    # tests.test_replay's helpers and cases build ``T.Replay``: the fast path here (this
+    # module's own checks name Replay and FastReplay explicitly)
     monkeypatch.setattr(T, "Replay", FastReplay)
 
 
-def _on_fast(test):  # type: ignore[no-untyped-def]
-    return pytest.mark.usefixtures("_fast_path")(test)
-
-
-test_own_order_queues_behind_recorded_orders_at_its_price = _on_fast(T.test_own_order_queues_behind_recorded_orders_at_its_price)
-test_recorded_cancel_ahead_moves_us_up_the_queue = _on_fast(T.test_recorded_cancel_ahead_moves_us_up_the_queue)
-test_order_at_a_new_better_price_fills_first = _on_fast(T.test_order_at_a_new_better_price_fills_first)
-test_crossing_order_fills_against_the_recorded_book = _on_fast(T.test_crossing_order_fills_against_the_recorded_book)
-test_recorded_limit_order_crossing_our_quote_trades_with_it = _on_fast(
-    T.test_recorded_limit_order_crossing_our_quote_trades_with_it)
-test_own_orders_in_a_recording_are_not_market_flow = _on_fast(T.test_own_orders_in_a_recording_are_not_market_flow)
-test_a_resnapshot_resynchronises_the_recorded_book = _on_fast(T.test_a_resnapshot_resynchronises_the_recorded_book)
-test_a_stand_in_sell_never_shows_in_the_strategy_feed = _on_fast(T.test_a_stand_in_sell_never_shows_in_the_strategy_feed)
-test_two_markets_two_strategies_and_window_event_count = _on_fast(T.test_two_markets_two_strategies_and_window_event_count)
-test_fills_are_charged_by_the_exchange_core = _on_fast(T.test_fills_are_charged_by_the_exchange_core)
+test_own_order_queues_behind_recorded_orders_at_its_price = T.test_own_order_queues_behind_recorded_orders_at_its_price
+test_recorded_cancel_ahead_moves_us_up_the_queue = T.test_recorded_cancel_ahead_moves_us_up_the_queue
+test_order_at_a_new_better_price_fills_first = T.test_order_at_a_new_better_price_fills_first
+test_crossing_order_fills_against_the_recorded_book = T.test_crossing_order_fills_against_the_recorded_book
+test_recorded_limit_order_crossing_our_quote_trades_with_it = T.test_recorded_limit_order_crossing_our_quote_trades_with_it
+test_own_orders_in_a_recording_are_not_market_flow = T.test_own_orders_in_a_recording_are_not_market_flow
+test_a_resnapshot_resynchronises_the_recorded_book = T.test_a_resnapshot_resynchronises_the_recorded_book
+test_a_stand_in_sell_never_shows_in_the_strategy_feed = T.test_a_stand_in_sell_never_shows_in_the_strategy_feed
+test_two_markets_two_strategies_and_window_event_count = T.test_two_markets_two_strategies_and_window_event_count
+test_fills_are_charged_by_the_exchange_core = T.test_fills_are_charged_by_the_exchange_core
 
 
 @pytest.mark.parametrize(("order_us", "first_fill"), [(0, T.T0 + 500), (1_000, T.T0 + 5_000), (8_000, T.T0 + 20_000),
                                                      (10_000, None)])
 def test_order_latency_shifts_fills(tmp_path, order_us, first_fill):
     # (the fast path takes order latency; feed latency it refuses, see below)
-    r = T.replay(tmp_path, T._latency_data(), [["buy", "29995.00", "0.01"]], order_latency_us=order_us)
-    assert type(r) is Replay
-    fast = FastReplay(r.config, T._latency_data(), ReplayOptions(order_latency_us=order_us)).run()
-    assert [f.as_row() for f in fast.fills] == [f.as_row() for f in r.result.fills]  # type: ignore[attr-defined]
+    cfg = load_run_config(str(T.config(tmp_path, [["buy", "29995.00", "0.01"]])))
+    exact = Replay(cfg, T._latency_data(), ReplayOptions(order_latency_us=order_us)).run()
+    fast = FastReplay(cfg, T._latency_data(), ReplayOptions(order_latency_us=order_us)).run()
+    assert [f.as_row() for f in fast.fills] == [f.as_row() for f in exact.fills]
     assert (fast.fills[0].time_us if fast.fills else None) == first_fill
 
 
