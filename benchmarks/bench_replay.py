@@ -109,12 +109,14 @@ def run(data: Path, config: Path, seed: int, check_events: int, *, fast: bool = 
     rd = load_recording(data)
     load_s = time.perf_counter() - t0
     rss_loaded = _current_rss_mib()
+    rss_load_peak = _rss_mib()  # decompressing the npz peaks well above what stays resident
     if fast:
         warm_up(cfg, rd)
     result = run_backtest(cfg, rd, ReplayOptions(seed=seed), fast=fast)
     # ru_maxrss and /proc's current RSS count slightly differently: when this process peaked
     # before (a test run), the peak could read a few hundred KiB below the start.
     rss_peak = max(_rss_mib(), rss0, rss_loaded)
+    rss_after_replay = _current_rss_mib()
     report = build_report(result)
     name = result.strategies[0]
     m = report.strategies[name]
@@ -170,6 +172,8 @@ def run(data: Path, config: Path, seed: int, check_events: int, *, fast: bool = 
         "rss_start_mib": round(rss0, 1),
         "rss_after_load_mib": round(rss_loaded, 1),
         "rss_peak_mib": round(rss_peak, 1),
+        "rss_peak_during_load_mib": round(rss_load_peak, 1),
+        "rss_after_replay_mib": round(rss_after_replay, 1),
         "checks": checks,
         "checks_ok": all(checks.values()),
         "load_average_1m": round(os.getloadavg()[0], 2),
