@@ -72,10 +72,12 @@ that took our order in the replay was, live, taken by the recorded maker behind 
 replayed copy then holds more than the recording says until the recording closes it;
 participants who reacted to our quotes live are replayed as recorded.
 
-**Speed** (2 shared cores): about 40 k recorded events/s with the shipped market maker
-(whose ``on_book`` runs on ~40 % of events and, with its orders, takes ~70 % of the time)
-and 120-140 k/s with a strategy that only watches; every recorded order goes through the
-exchange core, so the exact path cannot approach 2 M/s.  No faster path is built.
+**Speed** (2 shared cores): about 20-60 k recorded events/s with the shipped market maker
+(whose hooks and orders take most of the time) and 70-140 k/s with a strategy that only
+watches; every recorded order goes through the exchange core, so this path cannot approach
+2 M/s.  :class:`backtests.fast.FastReplay` (``run_backtest(..., fast=True)``, ``cftrade
+backtest --fast``) applies recorded book events in compiled batches instead and is compared
+with this path fill by fill (``ReplayOptions.rounding="strategy"``; tests/test_replay_fast.py).
 
 Rate limits: the replay exchange runs without its own rate limits (the recorded users
 must never be throttled); the strategy's commands are held to LIMITS.md by the same

@@ -13,6 +13,15 @@ replays on this machine class (not re-measured here: neither package is a depend
 hftbacktest with a numba one-bid-one-ask quoter 1.7 M/s, NautilusTrader's backtest engine
 0.03 M/s.  The goal is >= 2 M events/s.
 
+``--fast`` replays with :class:`backtests.fast.FastReplay` (its kernels are compiled, or
+loaded from numba's cache, before the timing); ``--busy`` uses a recording of the busy market
+(configs/exchange_busy.yaml, ~245 recorded events per second of market time, the density of an
+active real L3 stream; the demo market has ~7); ``--book-interval S`` sets every strategy's
+``on_book`` conflation (hftbacktest's quoter acts on an ``elapse()`` interval: a conflated
+market maker is the comparable setting); ``--exact-events N`` also times the exact path on the
+first N book events (0: all) in the same process, for the ratio.  ``--config
+benchmarks/watch_only.yaml --check-events 0`` measures the floor: a strategy that only watches.
+
 ``--scaling`` measures the sweep instead: the example sweep
 (backtests/scenarios/mm_calm/sweep.yaml, 20 replays) on a process pool of 1 and of N workers,
 best of ``--repeat``; scaling efficiency = T(1) / (N x T(N)).  Its check: both pools give the
