@@ -4,6 +4,7 @@
 
     cftrade backtest configs/market_maker.yaml --data recordings/day.jsonl --out out/day
     cftrade backtest configs/market_maker.yaml --data day.npz --seed 7 --order-latency-us 2000
+    cftrade backtest configs/market_maker.yaml --data day.npz --fast      # backtests/fast.py
 
 The recording (JSONL or ``.npz``, docs/RECORDING.md) is replayed into the exchange core with
 the config's strategies driven exactly as ``cftrade run`` drives them (backtests/replay.py
@@ -41,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", default="1h", help="Sharpe/Sortino interval of the report (default 1h)")
     p.add_argument("--exchange-config", help="exchange YAML for balances and fees (default: the config's)")
     p.add_argument("--no-plots", action="store_true", help="with --out: no PNG plots and no report.html")
+    p.add_argument("--fast", action="store_true",
+                   help="the fast replay (backtests/fast.py): compiled book batches, feed latency 0, no tickers")
+    p.add_argument("--rounding", choices=["shared", "strategy"],
+                   help="stochastic-rounding streams (default: shared; --fast: strategy)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--progress", dest="progress", action="store_true", default=None, help="progress bar on stderr")
     g.add_argument("--no-progress", dest="progress", action="store_false")
@@ -56,6 +61,7 @@ def key_figures(result: Any) -> dict[str, Any]:
         "seed": result.seed,
         "final_hash": result.final_hash,
         "events": result.events,
+        "mode": s.get("replay", {}).get("mode", "exact"),
         "wall_seconds": round(result.wall_seconds, 4),
         "events_per_second": round(result.events_per_second) if result.wall_seconds > 0 else None,
         "fills": len(result.fills),
@@ -81,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         opts = ReplayOptions(
             seed=args.seed, order_latency_us=args.order_latency_us, feed_latency_us=args.feed_latency_us,
             mark_interval_us=max(1, int(args.mark_interval * 1e6)), start_us=args.start_us, end_us=args.end_us,
-            exchange_config=args.exchange_config, progress=progress,
+            exchange_config=args.exchange_config, progress=progress, rounding=args.rounding,
         )
         data = load_recording(args.data)
-        result = run_backtest(config, data, opts)
+        result = run_backtest(config, data, opts, fast=args.fast)
     except CoinfloorError as e:
         print(f"cftrade backtest: {e}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@
 
     cftrade diff --config configs/market_maker.yaml --duration 600          # live + backtest + diff
     cftrade diff --config configs/market_maker.yaml --live run.jsonl        # diff a recorded run
+    cftrade diff --config configs/market_maker.yaml --duration 600 --fast   # backtest on the fast path
 
 Without ``--live``, the config runs as ``cftrade run`` would, on the embedded exchange, but in
 virtual time (trio's MockClock, WebSocket over memory streams: ten minutes take seconds),
@@ -49,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--all-markets", action="store_true",
                    help="keep the simulated participants of markets the config does not trade (their trades share "
                         "the rounding stream, so the replay's rounding draws will differ)")
+    p.add_argument("--fast", action="store_true", help="backtest with the fast replay (backtests/fast.py)")
+    p.add_argument("--rounding", choices=["shared", "strategy"],
+                   help="the backtest's stochastic-rounding streams (default: shared; --fast: strategy)")
     p.add_argument("--check", action="store_true", help="exit 1 unless >= 95 %% reproduced and PnL within 2 %%")
     return p
 
@@ -93,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
             end_us = args.end_us if args.end_us is not None else data.header.get("stopped_us")
             any_strategy = True
             live_intents = None
-        replay = Replay(config, data, ReplayOptions(seed=config.run.seed, end_us=end_us), config_path=args.config)
+        cls: type[Replay] = Replay
+        if args.fast:
+            from backtests.fast import FastReplay
+
+            cls = FastReplay
+        replay = cls(config, data, ReplayOptions(seed=config.run.seed, end_us=end_us, rounding=args.rounding),
+                     config_path=args.config)
         result = replay.run()
     except CoinfloorError as e:
         print(f"cftrade diff: {e}", file=sys.stderr)
@@ -102,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     report = diff_fills(live_fills, result.fills, market=market, scales=config.scales,
                         mark=last_mid(messages, market), tolerance_us=args.tolerance_us, any_strategy=any_strategy)
     print(format_report(report))
-    out: dict[str, Any] = {"config": args.config, "seed": config.run.seed, **report.as_dict(),
+    out: dict[str, Any] = {"config": args.config, "seed": config.run.seed, "mode": "fast" if args.fast else "exact",
+                           **report.as_dict(),
                            "backtest_hash": result.final_hash}
     if live_intents is not None:
         bt_intents = intent_sequence(replay.core)

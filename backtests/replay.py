@@ -72,10 +72,12 @@ that took our order in the replay was, live, taken by the recorded maker behind 
 replayed copy then holds more than the recording says until the recording closes it;
 participants who reacted to our quotes live are replayed as recorded.
 
-**Speed** (2 shared cores): about 40 k recorded events/s with the shipped market maker
-(whose ``on_book`` runs on ~40 % of events and, with its orders, takes ~70 % of the time)
-and 120-140 k/s with a strategy that only watches; every recorded order goes through the
-exchange core, so the exact path cannot approach 2 M/s.  No faster path is built.
+**Speed** (2 shared cores): about 20-60 k recorded events/s with the shipped market maker
+(whose hooks and orders take most of the time) and 70-140 k/s with a strategy that only
+watches; every recorded order goes through the exchange core, so this path cannot approach
+2 M/s.  :class:`backtests.fast.FastReplay` (``run_backtest(..., fast=True)``, ``cftrade
+backtest --fast``) applies recorded book events in compiled batches instead and is compared
+with this path fill by fill (``ReplayOptions.rounding="strategy"``; tests/test_replay_fast.py).
 
 Rate limits: the replay exchange runs without its own rate limits (the recorded users
 must never be throttled); the strategy's commands are held to LIMITS.md by the same
@@ -504,8 +506,19 @@ class ReplayOptions:
     follows the trades), which saves the exchange building them."""
     check_invariants: bool = True
     """Run the exchange core's invariant checks (conservation, reservations) at the end."""
+    rounding: str | None = None
+    """Which stochastic-rounding stream a trade draws from; None: the path's own (the exact
+    path ``"shared"``, the fast path ``"strategy"``).  ``"shared"``: one stream for
+    every trade, as the live exchange does (so a recording of a one-market live run is
+    reproduced to the unit).  ``"strategy"``: trades of the strategy's user draw from the
+    stream seeded with ``seed``, trades among the recorded users from another one, so the
+    strategy's totals and fees do not depend on how much recorded flow the replay re-trades
+    -- what :class:`backtests.fast.FastReplay` does (it re-trades none), hence the setting
+    to compare the two paths fill by fill."""
 
     def __post_init__(self) -> None:
+        if self.rounding not in (None, "shared", "strategy"):
+            raise ConfigError(f"rounding must be 'shared' or 'strategy', was {self.rounding!r}")
         for name in ("order_latency_us", "feed_latency_us"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -543,6 +556,9 @@ class Replay:
     tests), ``core`` the strategy's TradingCore.
     """
 
+    DEFAULT_ROUNDING = "shared"
+    """ReplayOptions.rounding when None."""
+
     def __init__(self, config: RunConfig, data: ReplayData, options: ReplayOptions | None = None, *,
                  config_path: str = "") -> None:
         from engine.exchange.core import Exchange
@@ -575,6 +591,9 @@ class Replay:
             )
         self.exchange = Exchange(settings, clock_us=self._clock_us, rng=random.Random(self.seed), credentials={})
         ex = self.exchange
+        self.rounding = opts.rounding or self.DEFAULT_ROUNDING
+        if self.rounding == "strategy":
+            self._split_rounding()
         self._m_sess = ex.open_internal_session(self.maker_uid, None)
         self._t_sess = ex.open_internal_session(self.taker_uid, None)
         self._s_sess: Any = None
@@ -597,12 +616,32 @@ class Replay:
         self._seq = 0
         self._nfills = 0
         self._marks: list[tuple[int, int, int, int, int]] = []
+        self._mark_cache: dict[str, tuple[tuple[int, int | None], int, int]] = {}
         self._names = list(self.core.slots)
         self._index = {n: i for i, n in enumerate(self._names)}
         self.started = False
         self.stopped = False
         self.events_done = 0
         self._rows_done = self._snaps_done = 0
+
+    def _split_rounding(self) -> None:
+        """ReplayOptions.rounding == "strategy": each trade picks its stream by its parties
+        (the core reads ``_below`` once per trade, at its start)."""
+        ex = self.exchange
+        own = ex._below
+        # Trades among the recorded users round down (no draw): their copies then never
+        # lose a unit of quantity to reservation rounding (dust), so recorded flow reaches
+        # the strategy's orders as it does in the fast path, which re-trades none of it.
+        def market(n: int) -> int:
+            return n
+        trade = ex._trade
+        uid = STRATEGY_USER_ID
+
+        def _trade(book: Any, buyer: Any, seller: Any, *args: Any) -> int:
+            ex._below = own if buyer.user_id == uid or seller.user_id == uid else market
+            return trade(book, buyer, seller, *args)
+
+        ex._trade = _trade  # type: ignore[method-assign,assignment]
 
     # -- clocks --------------------------------------------------------------------------
 
@@ -830,10 +869,18 @@ class Replay:
     def _mark(self, name: str) -> None:
         core = self.core
         slot = core.slots[name]
-        eq = core.equity(name)
         mid = core.mark_price(slot.market)
-        self._marks.append((self.now_us, self._index[name], slot.positions.position(slot.market).base,
-                            eq.numerator // eq.denominator, mid or 0))
+        # equity moves only with a fill or the mark price: a quiet second reuses the last
+        # (exact-fraction equity is the costly part of a mark)
+        key = (len(core.fills), mid)
+        last = self._mark_cache.get(name)
+        if last is not None and last[0] == key:
+            base, eq_units = last[1], last[2]
+        else:
+            eq = core.equity(name)
+            base, eq_units = slot.positions.position(slot.market).base, eq.numerator // eq.denominator
+            self._mark_cache[name] = (key, base, eq_units)
+        self._marks.append((self.now_us, self._index[name], base, eq_units, mid or 0))
 
     def _timer(self, kind: int, name: str) -> None:
         if kind == _T_SUBSCRIBE:
@@ -1085,6 +1132,8 @@ class Replay:
             "seed": self.seed,
             "order_latency_us": opts.order_latency_us,
             "feed_latency_us": opts.feed_latency_us,
+            "rounding": self.rounding,
+            "mode": "exact",
             "start_us": self.data.start_us,
             "end_us": self.now_us,
             "virtual_seconds": (self.now_us - self.data.start_us) / 1e6,
@@ -1166,12 +1215,18 @@ class _Progress:
 
 
 def run_backtest(config: str | Path | RunConfig, data: str | Path | ReplayData,
-                 options: ReplayOptions | None = None) -> BacktestResult:
-    """Load (if given paths) and replay: the one call reports, sweeps and the CLI use."""
+                 options: ReplayOptions | None = None, *, fast: bool = False) -> BacktestResult:
+    """Load (if given paths) and replay: the one call reports, sweeps and the CLI use.
+    ``fast``: :class:`backtests.fast.FastReplay` instead of the exact :class:`Replay`."""
     if isinstance(config, RunConfig):
         cfg, cpath = config, "<config>"
     else:
         cpath = str(config)
         cfg = load_run_config(cpath, resolve_secrets=False)
     rd = data if isinstance(data, ReplayData) else load_recording(data)
-    return Replay(cfg, rd, options, config_path=cpath).run()
+    cls: type[Replay] = Replay
+    if fast:
+        from backtests.fast import FastReplay
+
+        cls = FastReplay
+    return cls(cfg, rd, options, config_path=cpath).run()

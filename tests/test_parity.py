@@ -124,6 +124,17 @@ def test_cli_backtest_and_diff_of_a_recorded_run(mm_config, tmp_path, capsys):
     assert backtest_cli.main([str(MM), "--data", str(tmp_path / "missing.jsonl")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
+    # the fast path, opt-in: the same recorded run backtested and diffed with --fast (the
+    # strategy's own rounding stream, so totals may move by a unit: fills are compared)
+    assert backtest_cli.main([str(MM), "--data", str(rec), "--fast", "--no-progress"]) == 0
+    fast = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fast["mode"] == "fast" and fast["events"] == figures["events"] and fast["fills"] > 0
+    assert diff_cli.main(["--config", str(MM), "--live", str(rec), "--fast"]) == 0
+    fdiff = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert fdiff["mode"] == "fast" and fdiff["matched"] >= 0.95 * fdiff["live_fills"]
+    assert backtest_cli.main([str(MM), "--data", str(rec), "--fast", "--feed-latency-us", "5"]) == 2
+    assert "feed_latency_us = 0 only" in capsys.readouterr().err
+
 
 async def test_s2_parity_holds_with_conflated_on_book(autojump_clock):
     """book_interval (on_book conflation) is applied alike live and in the replay."""
