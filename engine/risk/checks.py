@@ -81,8 +81,21 @@ def _bad_side(value: object) -> str | None:
     return None
 
 
+def _ok_count(value: object) -> bool:
+    return type(value) is int and 0 < value <= INT64_MAX  # type: ignore[operator]
+
+
 def _shape(intent: object, market: Market) -> str | None:
     """Why ``intent`` is malformed, or None.  Never raises, whatever ``intent`` is."""
+    if (
+        type(intent) is PlaceLimit
+        and type(intent.side) is Side
+        and _ok_count(intent.price)
+        and _ok_count(intent.quantity)
+        and type(intent.persist) is bool
+        and type(intent.ref) is int
+    ):
+        return None  # the common case, decided before any text is built (tick-to-order)
     qty_unit = f"scaled {market.base.symbol} units"
     price_unit = f"scaled {market.name} price units"
     if isinstance(intent, PlaceLimit):
@@ -169,7 +182,7 @@ def _own_best(view: MarketView) -> tuple[int | None, int | None]:
     return hi_bid, lo_ask
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Order:
     """A placement normalised for the rules."""
 
