@@ -107,6 +107,8 @@ class _Slot:
     """No ``on_book`` before this time (conflation)."""
     book_pending: bool = False
     """The touch changed while conflated: one ``on_book`` is owed at ``next_book_us``."""
+    position: Any = None
+    """``positions.position(market)``, kept at hand (Position objects live as long as the book)."""
 
 
 class StrategyContext:
@@ -117,10 +119,13 @@ class StrategyContext:
         self.name = name
         self.market = market
         self.params = params
+        # The core never replaces a market's Book (a gap resets it in place), so it is kept
+        # here: Market's dataclass hash costs three Python calls per dict lookup.
+        self._book = core.books[market]
 
     @property
     def book(self) -> Book:
-        return self._core.books[self.market]
+        return self._book
 
     @property
     def now_us(self) -> int:
@@ -217,6 +222,8 @@ class TradingCore:
         """Called when an ``on_book`` is first owed (conflation): the runner wakes its timer."""
         self.inference_skipped = 0
         """Reconciliations whose volume gap was left unexplained (logged with the reason)."""
+        self._by_codes: dict[tuple[int, int], tuple[Market, Book]] = {}
+        """(base, counter) codes -> (market, book), filled by :meth:`_market_book`."""
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -227,8 +234,10 @@ class TradingCore:
             self.books[market] = Book(market, scales=self.scales)
         ctx = StrategyContext(self, name, market, strategy.p)
         interval = getattr(strategy.p, "book_interval", None) or 0
-        self.slots[name] = _Slot(strategy, market, ctx, PositionBook(self.scales, strategy=name),
-                                 book_interval_us=int(round(float(interval) * 1_000_000)))
+        positions = PositionBook(self.scales, strategy=name)
+        self.slots[name] = _Slot(strategy, market, ctx, positions,
+                                 book_interval_us=int(round(float(interval) * 1_000_000)),
+                                 position=positions.position(market))
         self.risk.add_strategy(name, limits, market=market)
 
     def start(self) -> None:
@@ -272,10 +281,10 @@ class TradingCore:
         t = type(notice)
         if t is OrderOpened or t is OrderClosed or t is OrdersMatched:
             n: Any = notice
-            market = self._market_of(n.base, n.counter)
+            market, book = self._market_book(n.base, n.counter)
             changed = 0
-            if market is not None:
-                changed = self.books[market].apply(notice)
+            if book is not None:
+                changed = book.apply(notice)
             own = (n.tonce is not UNSET) if t is not OrdersMatched else (n.bid_tonce is not UNSET or n.ask_tonce is not UNSET)
             if own:
                 self._order_events(self.tracker.on_notice(notice))
@@ -291,10 +300,18 @@ class TradingCore:
         self._flush_denials()
 
     def _market_of(self, base: int, counter: int) -> Market | None:
-        for m in self.books:
+        return self._market_book(base, counter)[0]
+
+    def _market_book(self, base: int, counter: int) -> tuple[Market, Book] | tuple[None, None]:
+        """The market and book of these asset codes (None, None if not followed here)."""
+        hit = self._by_codes.get((base, counter))
+        if hit is not None:
+            return hit
+        for m, book in self.books.items():
             if m.base.code == base and m.counter.code == counter:
-                return m
-        return None
+                self._by_codes[(base, counter)] = (m, book)
+                return m, book
+        return None, None
 
     def _book_changed(self, market: Market) -> None:
         for name, slot in self.slots.items():
@@ -640,7 +657,8 @@ class TradingCore:
             self.risk.cancel_done(name)
 
     def _view(self, name: str, market: Market) -> MarketView:
-        book = self.books[market]
+        slot = self.slots[name]
+        book = slot.ctx._book if slot.market is market else self.books[market]
         # An order whose cancel is in flight is counted as gone: requoting (cancel + place)
         # would otherwise see twice its real exposure for a round trip.  The race (the old
         # order fills before the cancel lands) is bounded by one order per requote.
@@ -672,7 +690,7 @@ class TradingCore:
             best_bid=book.best_bid,
             best_ask=book.best_ask,
             last=self.last_price.get(market),
-            position=self.slots[name].positions.position(market).base,
+            position=(slot.position if slot.market is market else slot.positions.position(market)).base,
             open_orders=mine,
             user_open_orders=len(open_orders),  # exchange-side count: all open
             open_buy_quantity=buy_q,
