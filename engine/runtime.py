@@ -157,10 +157,10 @@ class StrategyContext:
         return to_scaled(text, self.market.price_scale, f"{self.market.name} price")
 
     def buy(self, price: int, quantity: int, *, persist: bool = False) -> int:
-        return self.emit(PlaceLimit(Side.BUY, price, quantity, persist))
+        return self._core.submit(self.name, PlaceLimit(Side.BUY, price, quantity, persist))
 
     def sell(self, price: int, quantity: int, *, persist: bool = False) -> int:
-        return self.emit(PlaceLimit(Side.SELL, price, quantity, persist))
+        return self._core.submit(self.name, PlaceLimit(Side.SELL, price, quantity, persist))
 
     def market_order(self, side: Side, *, quantity: int | None = None, total: int | None = None) -> int:
         return self.emit(PlaceMarket(side, quantity, total))

@@ -81,17 +81,15 @@ def _bad_side(value: object) -> str | None:
     return None
 
 
-def _ok_count(value: object) -> bool:
-    return type(value) is int and 0 < value <= INT64_MAX  # type: ignore[operator]
-
-
 def _shape(intent: object, market: Market) -> str | None:
     """Why ``intent`` is malformed, or None.  Never raises, whatever ``intent`` is."""
     if (
         type(intent) is PlaceLimit
         and type(intent.side) is Side
-        and _ok_count(intent.price)
-        and _ok_count(intent.quantity)
+        and type(intent.price) is int
+        and 0 < intent.price <= INT64_MAX
+        and type(intent.quantity) is int
+        and 0 < intent.quantity <= INT64_MAX
         and type(intent.persist) is bool
         and type(intent.ref) is int
     ):

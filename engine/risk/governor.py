@@ -331,9 +331,9 @@ class RiskGovernor:
         user = self._user_limiter
         own = s.limiter
         if (type(intent) is not CancelAll and cost <= own.limit.count and cost <= user.limit.count
-                and own.headroom(now) >= cost and user.headroom(now) >= cost):
-            # The common case, decided without building the refusal texts below.
-            own.try_acquire(now, cost)
+                and user.headroom(now) >= cost and own.try_acquire(now, cost) == 0.0):
+            # The common case, decided without building the refusal texts below (a limiter
+            # that cannot grant takes nothing, so a refusal falls through to them intact).
             user.try_acquire(now, cost)
             return None
         if isinstance(intent, CancelAll):
@@ -489,7 +489,8 @@ class RiskGovernor:
 
     def needs_cancel(self, name: str) -> bool:
         """True once ``name`` entered HALTED until :meth:`cancel_done`: cancel its orders."""
-        return self._get(name).needs_cancel
+        s = self._strategies.get(name)  # asked after every strategy hook: one call, not two
+        return (s if s is not None else self._get(name)).needs_cancel
 
     def cancel_done(self, name: str) -> None:
         """The runner has cancelled every open order of ``name`` (after a halt)."""
