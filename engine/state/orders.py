@@ -439,12 +439,15 @@ class OrderTracker:
             raise InvalidTransition(f"place(ref={ref}): intent ref {ref} already has an order")
         if type(side) is not Side:
             side = Side(side)
-        for name, v in (("quantity", quantity), ("price", price), ("total", total)):
-            if v is not None and (type(v) is not int or v <= 0):
-                raise InvalidTransition(f"place(ref={ref}): {name} must be a positive int, was {v!r}")
-        if not ((quantity is not None and total is None) or (total is not None and quantity is None and price is None)):
-            raise InvalidTransition(
-                f"place(ref={ref}): give quantity (and price for a limit order), or total for a market order")
+        if not (total is None and type(quantity) is int and quantity > 0
+                and (price is None or (type(price) is int and price > 0))):  # else: say what is wrong
+            for name, v in (("quantity", quantity), ("price", price), ("total", total)):
+                if v is not None and (type(v) is not int or v <= 0):
+                    raise InvalidTransition(f"place(ref={ref}): {name} must be a positive int, was {v!r}")
+            if not ((quantity is not None and total is None)
+                    or (total is not None and quantity is None and price is None)):
+                raise InvalidTransition(
+                    f"place(ref={ref}): give quantity (and price for a limit order), or total for a market order")
         if tonce is not None:
             if type(tonce) is not int or tonce <= 0:
                 raise InvalidTransition(f"place(ref={ref}): tonce must be a positive int, was {tonce!r}")
