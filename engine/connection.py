@@ -711,10 +711,11 @@ class Connection:
     async def _reader(self) -> None:
         shared = self._shared
         ws = self._ws
+        clock = trio.lowlevel.current_clock().current_time  # trio.current_time, 2 calls fewer
         try:
             while True:
                 message = await ws.receive()
-                self._last_rx = trio.current_time()
+                self._last_rx = clock()
                 after = shared.after_frame
                 if after is None:
                     self._on_frame(message)

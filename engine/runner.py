@@ -433,12 +433,8 @@ class Runner:
     def _take_events(self) -> None:
         """Take and apply every queued event, in order (no checkpoint between taking an
         event and applying it, so the inline path and _events can never reorder them)."""
-        queue = self.client.notices  # type: ignore[union-attr]
-        while True:
-            try:
-                ev = queue.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel):
-                return
+        pop = self.client.notices.pop_nowait  # type: ignore[union-attr]
+        while (ev := pop()) is not None:
             self._on_event(ev)
 
     def _on_event(self, ev: Any) -> None:

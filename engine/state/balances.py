@@ -240,8 +240,12 @@ class BalanceView:
             return None
         if order.ref in self._reserve:
             return self._reserve[order.ref]
-        asset, amount = self.scales.reservation(order.signed_quantity, order.price, order.market)
-        delta = self._add(asset.code, -amount, "reserve", order.ref)
+        market = order.market
+        if order.side is Side.BUY:  # Scales.reservation, without two calls (before every order)
+            code, amount = market.counter.code, self.scales.bid_reservation(order.quantity, order.price, market)
+        else:
+            code, amount = market.base.code, order.quantity
+        delta = self._add(code, -amount, "reserve", order.ref)
         if delta is not None:
             self._reserve[order.ref] = delta
         return delta
