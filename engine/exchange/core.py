@@ -1097,11 +1097,17 @@ class Exchange:
             if prev == values:
                 continue
             self._ticker_sent[codes] = values
+            last, bid, ask, low, high, volume = values
             if prev is None:
-                changed = dict(zip(_TICKER_FIELDS, values, strict=True))
-            else:
-                changed = {name: v for name, v, old in zip(_TICKER_FIELDS, values, prev, strict=True) if v != old}
-            n = TickerChanged(base=codes[0], counter=codes[1], **changed)
+                n = TickerChanged(base=codes[0], counter=codes[1], last=last, bid=bid, ask=ask, low=low,
+                                  high=high, volume=volume)
+            else:  # changed fields only (UNSET = absent); no per-field dict: this runs per tick
+                n = TickerChanged(
+                    base=codes[0], counter=codes[1],
+                    last=last if last != prev[0] else UNSET, bid=bid if bid != prev[1] else UNSET,
+                    ask=ask if ask != prev[2] else UNSET, low=low if low != prev[3] else UNSET,
+                    high=high if high != prev[4] else UNSET, volume=volume if volume != prev[5] else UNSET,
+                )
             for s in list(book.ticker_watchers.values()):
                 s.deliver(n)
 
