@@ -153,7 +153,7 @@ class BenchRunner(Runner):
     def _build_core(self, state_dir: Path) -> TradingCore:
         core = super()._build_core(state_dir)
         risk = RiskGovernor(UserRiskLimits(orders=Limit(10**9, 1.0, "user")), state_path=None,
-                            now=trio.current_time, scales=self.config.scales)
+                            now=self._now, scales=self.config.scales)
         for name, slot in core.slots.items():
             risk.add_strategy(name, self.config.strategy_risk(name), market=slot.market)
         core.risk = risk

@@ -290,6 +290,32 @@ class Governor:
                 # us a hair short, and acquire_nowait callers may take the freed token.
                 await trio.sleep(wait)
 
+    def take_nowait(self, metric: str) -> bool:
+        """Take one token of ``metric`` now and return True, or take none and return False
+        (a task waits in :meth:`acquire` for it, or some budget of the chain is used up).
+
+        The same decision as ``not waiting(m) and headroom(m) >= 1`` followed by
+        ``acquire_nowait(m)``, in one call: this runs before every order sent inline.
+        """
+        m = self._metric(metric)
+        if m.lock.locked():
+            return False
+        now = trio.current_time()
+        if self._parent is None:
+            limiter = m.limiter
+            if limiter.headroom(now) < 1:
+                return False
+            limiter.try_acquire(now, 1)
+        else:
+            chain = self._chain(metric)
+            for c in chain:
+                if c.limiter.headroom(now) < 1:
+                    return False
+            for c in chain:
+                c.limiter.try_acquire(now, 1)
+        m.granted += 1
+        return True
+
     def waiting(self, metric: str) -> bool:
         """True while a task waits in :meth:`acquire` for ``metric`` (it comes first)."""
         return self._metric(metric).lock.locked()

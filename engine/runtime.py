@@ -73,6 +73,7 @@ from engine.strategy import (
 log = logging.getLogger("engine.runtime")
 
 _TOP = TOP_PRICE | TOP_QTY  # on_book runs only when the best bid/ask price or size changed
+_INTENT_TYPES = (PlaceLimit, PlaceMarket, Cancel, CancelAll, Replace)
 
 
 @dataclass(slots=True)
@@ -107,6 +108,8 @@ class _Slot:
     """No ``on_book`` before this time (conflation)."""
     book_pending: bool = False
     """The touch changed while conflated: one ``on_book`` is owed at ``next_book_us``."""
+    position: Any = None
+    """``positions.position(market)``, kept at hand (Position objects live as long as the book)."""
 
 
 class StrategyContext:
@@ -117,10 +120,13 @@ class StrategyContext:
         self.name = name
         self.market = market
         self.params = params
+        # The core never replaces a market's Book (a gap resets it in place), so it is kept
+        # here: Market's dataclass hash costs three Python calls per dict lookup.
+        self._book = core.books[market]
 
     @property
     def book(self) -> Book:
-        return self._core.books[self.market]
+        return self._book
 
     @property
     def now_us(self) -> int:
@@ -152,10 +158,10 @@ class StrategyContext:
         return to_scaled(text, self.market.price_scale, f"{self.market.name} price")
 
     def buy(self, price: int, quantity: int, *, persist: bool = False) -> int:
-        return self.emit(PlaceLimit(Side.BUY, price, quantity, persist))
+        return self._core.submit(self.name, PlaceLimit(Side.BUY, price, quantity, persist))
 
     def sell(self, price: int, quantity: int, *, persist: bool = False) -> int:
-        return self.emit(PlaceLimit(Side.SELL, price, quantity, persist))
+        return self._core.submit(self.name, PlaceLimit(Side.SELL, price, quantity, persist))
 
     def market_order(self, side: Side, *, quantity: int | None = None, total: int | None = None) -> int:
         return self.emit(PlaceMarket(side, quantity, total))
@@ -219,6 +225,8 @@ class TradingCore:
         """Reconciliations whose volume gap was left unexplained (logged with the reason)."""
         self.open_gap: lostfills.Gap | None = None
         """A gap only one in-doubt PlaceOrder leaves ambiguous (:meth:`probe_order`)."""
+        self._by_codes: dict[tuple[int, int], tuple[Market, Book]] = {}
+        """(base, counter) codes -> (market, book), filled by :meth:`_market_book`."""
 
     # -- set-up ----------------------------------------------------------------------------
 
@@ -229,8 +237,10 @@ class TradingCore:
             self.books[market] = Book(market, scales=self.scales)
         ctx = StrategyContext(self, name, market, strategy.p)
         interval = getattr(strategy.p, "book_interval", None) or 0
-        self.slots[name] = _Slot(strategy, market, ctx, PositionBook(self.scales, strategy=name),
-                                 book_interval_us=int(round(float(interval) * 1_000_000)))
+        positions = PositionBook(self.scales, strategy=name)
+        self.slots[name] = _Slot(strategy, market, ctx, positions,
+                                 book_interval_us=int(round(float(interval) * 1_000_000)),
+                                 position=positions.position(market))
         self.risk.add_strategy(name, limits, market=market)
 
     def start(self) -> None:
@@ -274,10 +284,10 @@ class TradingCore:
         t = type(notice)
         if t is OrderOpened or t is OrderClosed or t is OrdersMatched:
             n: Any = notice
-            market = self._market_of(n.base, n.counter)
+            market, book = self._market_book(n.base, n.counter)
             changed = 0
-            if market is not None:
-                changed = self.books[market].apply(notice)
+            if book is not None:
+                changed = book.apply(notice)
             own = (n.tonce is not UNSET) if t is not OrdersMatched else (n.bid_tonce is not UNSET or n.ask_tonce is not UNSET)
             if own:
                 self._order_events(self.tracker.on_notice(notice))
@@ -293,10 +303,18 @@ class TradingCore:
         self._flush_denials()
 
     def _market_of(self, base: int, counter: int) -> Market | None:
-        for m in self.books:
+        return self._market_book(base, counter)[0]
+
+    def _market_book(self, base: int, counter: int) -> tuple[Market, Book] | tuple[None, None]:
+        """The market and book of these asset codes (None, None if not followed here)."""
+        hit = self._by_codes.get((base, counter))
+        if hit is not None:
+            return hit
+        for m, book in self.books.items():
             if m.base.code == base and m.counter.code == counter:
-                return m
-        return None
+                self._by_codes[(base, counter)] = (m, book)
+                return m, book
+        return None, None
 
     def _book_changed(self, market: Market) -> None:
         for name, slot in self.slots.items():
@@ -632,9 +650,12 @@ class TradingCore:
         slot = self.slots[name]
         slot.stats.intents += 1
         market = slot.market
+        kind: type = type(intent)
+        if kind not in _INTENT_TYPES:  # a subclass (or not an intent: the risk gate denies it)
+            kind = next((k for k in _INTENT_TYPES if isinstance(intent, k)), kind)
         replace_side: Side | None = None
-        if isinstance(intent, Replace):
-            old = self.tracker.get(intent.ref)
+        if kind is Replace:
+            old = self.tracker.get(intent.ref)  # type: ignore[union-attr]
             replace_side = old.side if old is not None else None
         denial = self.risk.check(name, intent, self._view(name, market), market, replace_side=replace_side)
         if denial is not None:
@@ -644,27 +665,30 @@ class TradingCore:
             if not self._in_hook:
                 self._flush_denials()
             return 0
-        if isinstance(intent, PlaceLimit):
-            return self._place(name, market, intent.side, quantity=intent.quantity, price=intent.price,
-                               persist=intent.persist)
-        if isinstance(intent, PlaceMarket):
-            return self._place(name, market, intent.side, quantity=intent.quantity, total=intent.total)
-        if isinstance(intent, Cancel):
-            order = self.tracker.get(intent.ref)
+        # The risk gate accepted only well-formed intents of these exact types (its shape
+        # check), so an identity test per type is enough (and cheaper than isinstance).
+        if kind is PlaceLimit:
+            i: Any = intent
+            return self._place(name, market, i.side, quantity=i.quantity, price=i.price, persist=i.persist)
+        if kind is PlaceMarket:
+            i = intent
+            return self._place(name, market, i.side, quantity=i.quantity, total=i.total)
+        if kind is Cancel:
+            order = self.tracker.get(intent.ref)  # type: ignore[union-attr]
             if order is not None and order.strategy == name and order.is_open:
                 self._queue_cancel(order, name)
-            return intent.ref
-        if isinstance(intent, CancelAll):
+            return intent.ref  # type: ignore[union-attr]
+        if kind is CancelAll:
             self._cancel_strategy(name)
             return 0
-        if isinstance(intent, Replace):
-            old = self.tracker.get(intent.ref)
+        if kind is Replace:
+            i = intent
+            old = self.tracker.get(i.ref)
             if old is None or old.strategy != name:
                 return 0
             if old.is_open:
                 self._queue_cancel(old, name)
-            return self._place(name, market, old.side, quantity=intent.quantity, price=intent.price,
-                               persist=old.persist)
+            return self._place(name, market, old.side, quantity=i.quantity, price=i.price, persist=old.persist)
         return 0
 
     def _place(self, name: str, market: Market, side: Side, *, quantity: int | None = None,
@@ -703,35 +727,54 @@ class TradingCore:
             self.risk.cancel_done(name)
 
     def _view(self, name: str, market: Market) -> MarketView:
-        book = self.books[market]
+        slot = self.slots[name]
+        book = slot.ctx._book if slot.market is market else self.books[market]
         # An order whose cancel is in flight is counted as gone: requoting (cancel + place)
         # would otherwise see twice its real exposure for a round trip.  The race (the old
         # order fills before the cancel lands) is bounded by one order per requote.
+        # One pass over the open orders (this runs before every order: tick-to-order).
         live = OrderState.PENDING_CANCEL
-        mine = [o for o in self.tracker.open_orders(strategy=name, market=market) if o.state is not live]
-        user = [o for o in self.tracker.open_orders(market=market) if o.state is not live]
-        buy_q = sum(o.remaining for o in mine if o.side is Side.BUY and not o.is_market)
-        sell_q = sum(o.remaining for o in mine if o.side is Side.SELL and not o.is_market)
-        own_bids = [o.price for o in user if o.side is Side.BUY and o.price is not None]
-        own_asks = [o.price for o in user if o.side is Side.SELL and o.price is not None]
+        buy = Side.BUY
+        mine = buy_q = sell_q = 0
+        own_bid: int | None = None
+        own_ask: int | None = None
+        open_orders = self.tracker.open_values()
+        for o in open_orders:
+            if o.market is not market or o.state is live:
+                continue
+            price = o.price
+            if o.side is buy:
+                if price is not None:
+                    if own_bid is None or price > own_bid:
+                        own_bid = price
+                    if o.strategy == name:
+                        buy_q += o.remaining
+            elif price is not None:
+                if own_ask is None or price < own_ask:
+                    own_ask = price
+                if o.strategy == name:
+                    sell_q += o.remaining
+            if o.strategy == name:
+                mine += 1
         return MarketView(
             best_bid=book.best_bid,
             best_ask=book.best_ask,
             last=self.last_price.get(market),
-            position=self.slots[name].positions.position(market).base,
-            open_orders=len(mine),
-            user_open_orders=len(self.tracker.open_orders()),  # exchange-side count: all open
+            position=(slot.position if slot.market is market else slot.positions.position(market)).base,
+            open_orders=mine,
+            user_open_orders=len(open_orders),  # exchange-side count: all open
             open_buy_quantity=buy_q,
             open_sell_quantity=sell_q,
-            own_best_bid=max(own_bids) if own_bids else None,
-            own_best_ask=min(own_asks) if own_asks else None,
+            own_best_bid=own_bid,
+            own_best_ask=own_ask,
         )
 
     # -- hooks and supervision -------------------------------------------------------------
 
     def _call(self, name: str, hook: str, *args: Any) -> None:
         slot = self.slots[name]
-        if self.risk.state(name) is TradingState.HALTED and hook not in ("on_order", "on_fill", "on_stop"):
+        risk = self.risk
+        if risk.is_halted(name) and hook not in ("on_order", "on_fill", "on_stop"):
             return
         slot.stats.hooks += 1
         outer = self._in_hook
@@ -749,7 +792,7 @@ class TradingCore:
             self._cancel_strategy(name)
         finally:
             self._in_hook = outer
-        if self.risk.needs_cancel(name):
+        if risk.needs_cancel(name):
             self._cancel_strategy(name)
 
     def _flush_denials(self) -> None:

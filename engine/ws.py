@@ -209,7 +209,8 @@ class WebSocket:
         self._fragments: list[bytes] = []
         self._fragment_op = 0
         self._fragment_size = 0
-        self.last_traffic = trio.current_time()
+        self._clock = trio.lowlevel.current_clock().current_time  # = trio.current_time, 2 calls fewer
+        self.last_traffic = self._clock()
         """trio time of the last bytes received or sent (pings and pongs count)."""
         self._role = "client" if client else "server"
 
@@ -265,7 +266,7 @@ class WebSocket:
             except OSError:
                 return False  # flush() meets the same error and reports it
             del out[:n]
-            self.last_traffic = trio.current_time()
+            self.last_traffic = self._clock()
         return not out
 
     async def flush(self) -> None:
@@ -280,7 +281,7 @@ class WebSocket:
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                     self._closed = self._closed or CloseReason(1006, f"send failed: {e}")
                     raise WebSocketClosed(self._closed) from None
-                self.last_traffic = trio.current_time()
+                self.last_traffic = self._clock()
 
     async def send(self, message: str | bytes) -> None:
         """Send one message (text for ``str``, binary for ``bytes``) as one frame."""
@@ -340,7 +341,7 @@ class WebSocket:
             self._close_received.set()
             raise WebSocketClosed(self._closed)
         self._buf += data
-        self.last_traffic = trio.current_time()
+        self.last_traffic = self._clock()
 
     async def receive(self) -> str | bytes:
         """The next data message.  Pings are answered and pongs noted on the way.

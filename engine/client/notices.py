@@ -310,6 +310,11 @@ class NoticeQueue:
             return event
         return None
 
+    def pop_nowait(self) -> Event | None:
+        """The next event, or None when there is none right now (closed or not): the
+        :meth:`receive_nowait` of an inline consumer, without an exception per drain."""
+        return self._pop() if self._slots else None
+
     def receive_nowait(self) -> Event:
         """The next event, or raise ``trio.WouldBlock`` / ``trio.EndOfChannel``."""
         event = self._pop()

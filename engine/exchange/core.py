@@ -1084,25 +1084,30 @@ class Exchange:
         if not touched:
             return
         self._touched = []
-        done: set[tuple[int, int]] = set()
-        for codes in touched:
-            if codes in done:
-                continue
-            done.add(codes)
+        # dict.fromkeys: the touched books once each, in order (usually one book, twice).
+        for codes in dict.fromkeys(touched) if len(touched) > 1 else touched:
             book = self._books[codes]
             if not book.ticker_watchers:
                 continue
-            values = self._ticker_values(book)
+            t = book.ticker
+            t.expire(self._now)
+            bids, asks = book.bids.keys, book.asks.keys
+            values: tuple[Any, ...] = (t.last, bids[-1] if bids else None, -asks[-1] if asks else None, t.low, t.high, t.volume)
             prev = self._ticker_sent.get(codes)
             if prev == values:
                 continue
-            changed = {
-                name: v
-                for name, v, old in zip(_TICKER_FIELDS, values, prev or (object(),) * 6, strict=True)
-                if v != old
-            }
             self._ticker_sent[codes] = values
-            n = TickerChanged(base=codes[0], counter=codes[1], **changed)
+            last, bid, ask, low, high, volume = values
+            if prev is None:
+                n = TickerChanged(base=codes[0], counter=codes[1], last=last, bid=bid, ask=ask, low=low,
+                                  high=high, volume=volume)
+            else:  # changed fields only (UNSET = absent); no per-field dict: this runs per tick
+                n = TickerChanged(
+                    base=codes[0], counter=codes[1],
+                    last=last if last != prev[0] else UNSET, bid=bid if bid != prev[1] else UNSET,
+                    ask=ask if ask != prev[2] else UNSET, low=low if low != prev[3] else UNSET,
+                    high=high if high != prev[4] else UNSET, volume=volume if volume != prev[5] else UNSET,
+                )
             for s in list(book.ticker_watchers.values()):
                 s.deliver(n)
 

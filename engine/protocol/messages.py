@@ -142,7 +142,8 @@ class PlaceOrder(Command, tag="PlaceOrder", frozen=True, kw_only=True):
     persist: bool | UnsetType = UNSET
 
     def __post_init__(self) -> None:
-        q, p, t = _is_set(self.quantity), _is_set(self.price), _is_set(self.total)
+        # Inline identity tests, not _is_set: this runs for every PlaceOrder built or decoded.
+        q, p, t = self.quantity is not UNSET, self.price is not UNSET, self.total is not UNSET
         # The spec table admits exactly: q+p (limit), q (market), t (market).
         if not ((q and not t) or (t and not q and not p)):
             raise InvalidMessage("You must specify either quantity or total for a market order.")

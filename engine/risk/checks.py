@@ -83,6 +83,17 @@ def _bad_side(value: object) -> str | None:
 
 def _shape(intent: object, market: Market) -> str | None:
     """Why ``intent`` is malformed, or None.  Never raises, whatever ``intent`` is."""
+    if (
+        type(intent) is PlaceLimit
+        and type(intent.side) is Side
+        and type(intent.price) is int
+        and 0 < intent.price <= INT64_MAX
+        and type(intent.quantity) is int
+        and 0 < intent.quantity <= INT64_MAX
+        and type(intent.persist) is bool
+        and type(intent.ref) is int
+    ):
+        return None  # the common case, decided before any text is built (tick-to-order)
     qty_unit = f"scaled {market.base.symbol} units"
     price_unit = f"scaled {market.name} price units"
     if isinstance(intent, PlaceLimit):
@@ -169,7 +180,7 @@ def _own_best(view: MarketView) -> tuple[int | None, int | None]:
     return hi_bid, lo_ask
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Order:
     """A placement normalised for the rules."""
 

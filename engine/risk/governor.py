@@ -248,6 +248,14 @@ class RiskGovernor:
         self._get(name)
         return self._state_of(name)
 
+    def is_halted(self, name: str) -> bool:
+        """``state(name) is HALTED`` for a registered strategy, without the lookup that names
+        unknown ones (the runtime asks before every strategy hook)."""
+        if self._kill is not None:
+            return True
+        rec = self._records.get(name)
+        return rec is not None and rec.state is HALTED
+
     def _state_of(self, name: str) -> TradingState:
         if self._kill is not None:
             return HALTED
@@ -321,6 +329,13 @@ class RiskGovernor:
     def _spend(self, s: _Strategy, intent: object, view: MarketView, now: float) -> Refusal | None:
         cost = token_cost(intent, view)
         user = self._user_limiter
+        own = s.limiter
+        if (type(intent) is not CancelAll and cost <= own.limit.count and cost <= user.limit.count
+                and user.headroom(now) >= cost and own.try_acquire(now, cost) == 0.0):
+            # The common case, decided without building the refusal texts below (a limiter
+            # that cannot grant takes nothing, so a refusal falls through to them intact).
+            user.try_acquire(now, cost)
+            return None
         if isinstance(intent, CancelAll):
             n = min(cost, s.limiter.headroom(now), user.headroom(now))
             if n > 0:
@@ -474,7 +489,8 @@ class RiskGovernor:
 
     def needs_cancel(self, name: str) -> bool:
         """True once ``name`` entered HALTED until :meth:`cancel_done`: cancel its orders."""
-        return self._get(name).needs_cancel
+        s = self._strategies.get(name)  # asked after every strategy hook: one call, not two
+        return (s if s is not None else self._get(name)).needs_cancel
 
     def cancel_done(self, name: str) -> None:
         """The runner has cancelled every open order of ``name`` (after a halt)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
+import msgspec
+
 from engine.errors import ConfigError
 from engine.limits import DEFAULT_LIMITS, MAX_OPEN_ORDERS, Algorithm, Limit
 from engine.strategy import Side
@@ -187,8 +189,7 @@ class UserRiskLimits:
         return Limit(max(count, 1), self.orders.per, "user")
 
 
-@dataclass(frozen=True, slots=True)
-class MarketView:
+class MarketView(msgspec.Struct, frozen=True, gc=False):
     """What the runner knows at check time, for one strategy in one market.
 
     ``best_bid``/``best_ask``/``last``  the book and the last trade price (None if unknown).
@@ -203,6 +204,10 @@ class MarketView:
                           resting bid and lowest resting ask here.  Cheaper than a long
                           ``own_resting`` (a scan of 1,000 orders costs ~150 µs); the rule
                           uses both when both are given.
+
+    A frozen msgspec Struct rather than a frozen dataclass: the runtime builds one before
+    every order, and a frozen dataclass pays one ``object.__setattr__`` per field (~2.8 µs
+    against ~0.3 µs here, bench latency).
     """
 
     best_bid: int | None = None

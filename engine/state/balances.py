@@ -60,6 +60,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import msgspec
+
 from engine.protocol.messages import Balance, BalanceChanged, GetBalancesReply
 from engine.scale import DEFAULT, Asset, Scales, asset_by_code, asset_by_symbol
 from engine.state.orders import Closed, Filled, Opened, Order, OrderEvent
@@ -70,9 +72,12 @@ __all__ = ["Delta", "BalanceStats", "BalanceView"]
 AssetKey = Asset | int | str
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """One expected (or unexplained) change of one asset's balance, in scaled units."""
+class Delta(msgspec.Struct, frozen=True, gc=False):
+    """One expected (or unexplained) change of one asset's balance, in scaled units.
+
+    (A frozen msgspec Struct, not a frozen dataclass: one is made before every order is
+    sent, and a frozen dataclass pays one ``object.__setattr__`` per field.)
+    """
 
     asset: int
     amount: int
@@ -240,8 +245,12 @@ class BalanceView:
             return None
         if order.ref in self._reserve:
             return self._reserve[order.ref]
-        asset, amount = self.scales.reservation(order.signed_quantity, order.price, order.market)
-        delta = self._add(asset.code, -amount, "reserve", order.ref)
+        market = order.market
+        if order.side is Side.BUY:  # Scales.reservation, without two calls (before every order)
+            code, amount = market.counter.code, self.scales.bid_reservation(order.quantity, order.price, market)
+        else:
+            code, amount = market.base.code, order.quantity
+        delta = self._add(code, -amount, "reserve", order.ref)
         if delta is not None:
             self._reserve[order.ref] = delta
         return delta

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, ValuesView
 from dataclasses import dataclass, field
 
 from engine.errors import ExchangeError, InvalidTransition, RemoteProtocolError, TonceOutOfSequence
@@ -398,6 +398,11 @@ class OrderTracker:
             if (strategy is None or o.strategy == strategy) and (market is None or o.market is market)
         ]
 
+    def open_values(self) -> ValuesView[Order]:
+        """A live view of every non-terminal order (no copy: do not change the tracker while
+        iterating it).  ``len()`` of it is the open-order count."""
+        return self._open.values()
+
     def unknown_orders(self) -> list[Order]:
         """Orders whose PlaceOrder outcome is still unknown (RELIABILITY O7 wants none)."""
         return [o for o in self._open.values() if o.state is OrderState.UNKNOWN]
@@ -429,20 +434,26 @@ class OrderTracker:
         A limit order has ``quantity`` and ``price``; a market order ``quantity`` or
         ``total``.  All amounts are positive scaled ints; ``side`` carries the sign.
         """
-        where = f"place(ref={ref})"
+        # Checked without building a message first: this runs before every PlaceOrder.
         if ref in self._by_ref:
-            raise InvalidTransition(f"{where}: intent ref {ref} already has an order")
-        side = Side(side)
-        for name, v in (("quantity", quantity), ("price", price), ("total", total)):
-            if v is not None and (type(v) is not int or v <= 0):
-                raise InvalidTransition(f"{where}: {name} must be a positive int, was {v!r}")
-        if not ((quantity is not None and total is None) or (total is not None and quantity is None and price is None)):
-            raise InvalidTransition(f"{where}: give quantity (and price for a limit order), or total for a market order")
+            raise InvalidTransition(f"place(ref={ref}): intent ref {ref} already has an order")
+        if type(side) is not Side:
+            side = Side(side)
+        if not (total is None and type(quantity) is int and quantity > 0
+                and (price is None or (type(price) is int and price > 0))):  # else: say what is wrong
+            for name, v in (("quantity", quantity), ("price", price), ("total", total)):
+                if v is not None and (type(v) is not int or v <= 0):
+                    raise InvalidTransition(f"place(ref={ref}): {name} must be a positive int, was {v!r}")
+            if not ((quantity is not None and total is None)
+                    or (total is not None and quantity is None and price is None)):
+                raise InvalidTransition(
+                    f"place(ref={ref}): give quantity (and price for a limit order), or total for a market order")
         if tonce is not None:
             if type(tonce) is not int or tonce <= 0:
-                raise InvalidTransition(f"{where}: tonce must be a positive int, was {tonce!r}")
+                raise InvalidTransition(f"place(ref={ref}): tonce must be a positive int, was {tonce!r}")
             if tonce in self._by_tonce:
-                raise InvalidTransition(f"{where}: tonce {tonce} already used by ref {self._by_tonce[tonce].ref}")
+                raise InvalidTransition(
+                    f"place(ref={ref}): tonce {tonce} already used by ref {self._by_tonce[tonce].ref}")
         now = self._clock()
         order = Order(
             ref=ref,

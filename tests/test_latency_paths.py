@@ -1,0 +1,195 @@
+"""The tick-to-order fast paths (bench latency, session 3) decide exactly like the slow ones.
+
+Each lean path is checked against the definition it replaced: the risk view built in one
+pass over the open orders, ``Governor.take_nowait``, ``RiskGovernor.is_halted``,
+``NoticeQueue.pop_nowait``, the inlined bid reservation and Market's hash, and the balance
+view's reservation for a sent order.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.client.notices import NoticeQueue, SessionStarted
+from engine.governor import Governor
+from engine.limits import Limit
+from engine.protocol.messages import ErrorReply, OrderOpened, TickerChanged
+from engine.risk import RiskGovernor, TradingState
+from engine.risk.model import MarketView, RiskLimits
+from engine.runtime import TradingCore
+from engine.scale import DEFAULT, V1, V2, XBT_EUR, XBT_GBP, Market, Scales, ceil_div
+from engine.state.orders import OrderState
+from engine.state.tonces import TonceAllocator
+from engine.strategy import Side, Strategy, StrategyConfig
+
+
+class Idle(Strategy):
+    class Config(StrategyConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+        pass
+
+
+def make_core() -> TradingCore:
+    clock = [1.0]
+    core = TradingCore(
+        markets=[XBT_GBP, XBT_EUR],
+        risk=RiskGovernor(state_path=None, now=lambda: clock[0]),
+        tonces=TonceAllocator(None, clock=lambda: int(clock[0] * 1e6)),
+        clock=lambda: clock[0],
+        clock_us=lambda: int(clock[0] * 1e6),
+    )
+    for name in ("a", "b"):
+        core.add_strategy(name, Idle(name, Idle.Config()), XBT_GBP, RiskLimits())
+    return core
+
+
+def reference_view(core: TradingCore, name: str, market: Market) -> MarketView:
+    """The risk view as it was defined before the one-pass version (three list scans)."""
+    book = core.books[market]
+    live = OrderState.PENDING_CANCEL
+    mine = [o for o in core.tracker.open_orders(strategy=name, market=market) if o.state is not live]
+    user = [o for o in core.tracker.open_orders(market=market) if o.state is not live]
+    own_bids = [o.price for o in user if o.side is Side.BUY and o.price is not None]
+    own_asks = [o.price for o in user if o.side is Side.SELL and o.price is not None]
+    return MarketView(
+        best_bid=book.best_bid,
+        best_ask=book.best_ask,
+        last=core.last_price.get(market),
+        position=core.slots[name].positions.position(market).base,
+        open_orders=len(mine),
+        user_open_orders=len(core.tracker.open_orders()),
+        open_buy_quantity=sum(o.remaining for o in mine if o.side is Side.BUY and not o.is_market),
+        open_sell_quantity=sum(o.remaining for o in mine if o.side is Side.SELL and not o.is_market),
+        own_best_bid=max(own_bids) if own_bids else None,
+        own_best_ask=min(own_asks) if own_asks else None,
+    )
+
+
+ORDER = st.tuples(
+    st.sampled_from(["a", "b", "other"]),
+    st.sampled_from([XBT_GBP, XBT_EUR]),
+    st.sampled_from([Side.BUY, Side.SELL]),
+    st.integers(1, 10**9),  # quantity
+    st.none() | st.integers(1, 10**7),  # price (None: a market order)
+    st.sampled_from(["pending", "cancelling", "rejected"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ORDER, max_size=12), st.none() | st.integers(1, 10**7))
+def test_one_pass_risk_view_equals_the_three_scan_definition(orders, last):
+    core = make_core()
+    if last is not None:
+        core.last_price[XBT_GBP] = last
+    for ref, (strategy, market, side, qty, price, fate) in enumerate(orders, start=1):
+        o = core.tracker.place(ref, market, side, quantity=qty, price=price, tonce=1000 + ref, strategy=strategy)
+        if fate == "cancelling" and price is not None:
+            core.tracker.on_cancel_sent(o)
+        elif fate == "rejected":
+            core.tracker.on_place_reply(o, ErrorReply(error_code=4, error_msg="Insufficient funds"))
+    for name in ("a", "b"):
+        assert core._view(name, XBT_GBP) == reference_view(core, name, XBT_GBP)
+
+
+async def test_take_nowait_is_waiting_then_headroom_then_acquire(autojump_clock):
+    parent = Governor({"orders": Limit(3, 10.0)}, safety_factor=1.0)
+    child = parent.child("s", fraction=1.0)
+    parent.acquire_nowait("orders")  # someone else spent one of the user's three
+    assert child.take_nowait("orders") and child.take_nowait("orders")
+    # The child has headroom left, its parent none: nothing is taken from either.
+    assert child.headroom("orders") == 0
+    assert not child.take_nowait("orders")
+    assert child.statistics().metrics["orders"].granted == 2
+    assert parent.statistics().metrics["orders"].headroom == 0
+    await trio.sleep(10.0)  # the window passes
+    root = Governor({"orders": Limit(1, 10.0)}, safety_factor=1.0)
+    assert root.take_nowait("orders") and not root.take_nowait("orders")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(root.acquire, "orders")  # waits ~10 s for the token, holding the lock
+        await trio.sleep(1.0)
+        assert root.waiting("orders")
+        await trio.sleep(9.5)  # the token is free again but the waiter comes first
+        assert not root.waiting("orders")
+    assert not root.take_nowait("orders")  # the waiter took it
+
+
+async def test_take_nowait_agrees_with_headroom_in_a_burst():
+    g = Governor({"orders": Limit(5, 1.0)}, safety_factor=1.0)
+    took = [g.take_nowait("orders") for _ in range(8)]
+    assert took == [True] * 5 + [False] * 3
+    assert g.headroom("orders") == 0
+
+
+def test_is_halted_agrees_with_state():
+    g = RiskGovernor(state_path=None, now=lambda: 0.0)
+    g.add_strategy("a", RiskLimits())
+    g.add_strategy("b", RiskLimits())
+
+    def agree() -> None:
+        for name in ("a", "b"):
+            assert g.is_halted(name) == (g.state(name) is TradingState.HALTED)
+
+    agree()
+    g.halt("a", "test")
+    agree()
+    assert g.is_halted("a") and not g.is_halted("b")
+    g.reduce("b", "test")
+    agree()
+    g.halt(None, "global kill")
+    agree()
+    assert g.is_halted("b")
+    g.resume(None)
+    agree()
+    assert not g.is_halted("a")
+
+
+def test_pop_nowait_drains_in_order_then_none_even_when_closed():
+    q = NoticeQueue()
+    assert q.pop_nowait() is None
+    a = OrderOpened(id=1, base=XBT_GBP.base.code, counter=XBT_GBP.counter.code, quantity=5, price=7, time=1)
+    t1 = TickerChanged(base=XBT_GBP.base.code, counter=XBT_GBP.counter.code, bid=7)
+    t2 = TickerChanged(base=XBT_GBP.base.code, counter=XBT_GBP.counter.code, ask=9)
+    marker = SessionStarted(1, 1)
+    q.put(t1)
+    q.put(a)
+    q.put(t2)  # conflated forward into one ticker behind ``a`` (t1's slot goes dead)
+    q.put(marker)
+    got = []
+    while (ev := q.pop_nowait()) is not None:
+        got.append(ev)
+    assert got[0] is a and got[2] is marker
+    assert got[1] == TickerChanged(base=XBT_GBP.base.code, counter=XBT_GBP.counter.code, bid=7, ask=9)
+    assert q.statistics().public_queued == 0
+    q.close()
+    assert q.pop_nowait() is None
+    with pytest.raises(trio.EndOfChannel):
+        q.receive_nowait()
+
+
+@given(st.integers(-(10**12), 10**12), st.integers(1, 10**9), st.sampled_from([V1, V2]),
+       st.sampled_from([XBT_GBP, XBT_EUR]))
+def test_inlined_bid_reservation_is_the_total_divisor_ceiling(q, p, scales: Scales, market):
+    mul, den = scales.total_divisor(market)
+    assert scales.bid_reservation(q, p, market) == ceil_div(abs(q) * p * mul, den)
+
+
+def test_market_hash_is_consistent_with_equality():
+    twin = Market(XBT_GBP.base, XBT_GBP.counter, XBT_GBP.price_scale)
+    assert twin == XBT_GBP and twin is not XBT_GBP
+    assert hash(twin) == hash(XBT_GBP)
+    assert {XBT_GBP: 1}[twin] == 1
+    assert Market(XBT_GBP.base, XBT_GBP.counter, 1000) != XBT_GBP
+
+
+@given(st.sampled_from([Side.BUY, Side.SELL]), st.integers(1, 10**10), st.integers(1, 10**7))
+def test_sent_order_reserves_what_scales_reservation_says(side, quantity, price):
+    core = make_core()
+    order = core.tracker.place(1, XBT_GBP, side, quantity=quantity, price=price, tonce=5, strategy="a")
+    delta = core.balances.on_place_sent(order)
+    asset, amount = DEFAULT.reservation(order.signed_quantity, price, XBT_GBP)
+    assert delta is not None
+    assert (delta.asset, delta.amount) == (asset.code, -amount)
+    assert core.balances.available(asset.code) == -amount
