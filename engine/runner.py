@@ -89,6 +89,7 @@ from engine.risk import RiskGovernor
 from engine.runtime import Outgoing, TradingCore
 from engine.scale import Market, market_by_codes
 from engine.secret import Secret
+from engine.state.orders import Order
 from engine.state.tonces import TonceAllocator
 
 log = logging.getLogger("engine.runner")
@@ -375,7 +376,7 @@ class Runner:
         self._flush()
         self._reconciled.set()
 
-    async def _probe(self, conn: Connection, order: Any) -> None:
+    async def _probe(self, conn: Connection, order: Order) -> None:
         """Settle a lost-fill gap that only ``order``, an in-doubt PlaceOrder, leaves
         ambiguous: send the same PlaceOrder again with its tonce (WEBSOCKET-README: that is
         what the tonce is for).  Error 3 means it was placed before; success means it was

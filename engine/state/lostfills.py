@@ -148,6 +148,17 @@ def _walk(side: list[Candidate], amount: int, caps: dict[int, int], mins: dict[i
     return got
 
 
+def _never_placed(c: Candidate, d_base: int, d_counter: dict[Market, int]) -> int:
+    """Shift the residuals for ``c`` never having been placed: its ``absent_shift`` goes to
+    the base residual (returned) for an ask, to its market's counter residual (in place)
+    for a bid."""
+    if c.order.side is Side.SELL:
+        return d_base + c.absent_shift
+    if c.order.market in d_counter:
+        d_counter[c.order.market] += c.absent_shift
+    return d_base
+
+
 MAX_MAYBE = 6
 """In-doubt PlaceOrders one gap may hold before it is left alone (2**n hypotheses)."""
 
@@ -167,8 +178,9 @@ def solve(
 
     A ``maybe`` candidate (an in-doubt PlaceOrder) is tried both ways, placed (the
     residuals as given) and never placed (shifted by its ``absent_shift``); the answer
-    stands only when every hypothesis that fits the evidence gives the same fills (found by the F1 campaign: a phantom ask with a better price took
-    a lost fill that belonged to an older ask behind it)."""
+    stands only when every hypothesis that fits the evidence gives the same fills (found
+    by the F1 campaign: a phantom ask with a better price took a lost fill that belonged
+    to an older ask behind it)."""
     maybe = [c for c in cands if c.maybe]
     if len(maybe) > MAX_MAYBE:
         raise Unsolved(f"{len(maybe)} in-doubt PlaceOrders in one gap")
@@ -179,11 +191,8 @@ def solve(
         placed = [c for i, c in enumerate(maybe) if mask >> i & 1]
         db, dc = d_base, dict(d_counter)
         for i, c in enumerate(maybe):
-            if not mask >> i & 1 and c.absent_shift:
-                if c.order.side is Side.SELL:
-                    db += c.absent_shift
-                elif c.order.market in dc:
-                    dc[c.order.market] += c.absent_shift
+            if not mask >> i & 1:
+                db = _never_placed(c, db, dc)
         try:
             sol = _solve(sure + placed, lost_base, lost_total, db, dc, scales, fee_ppm)
         except Ambiguous:
@@ -234,10 +243,8 @@ class Gap:
                 cands.append(c)
             elif placed:
                 cands.append(replace(c, maybe=False))
-            elif c.order.side is Side.SELL:
-                d_base += c.absent_shift
-            elif c.order.market in d_counter:
-                d_counter[c.order.market] += c.absent_shift
+            else:
+                d_base = _never_placed(c, d_base, d_counter)
         return solve(cands, self.lost_base, self.lost_total, d_base, d_counter, self.scales, self.fee_ppm)
 
 
