@@ -482,13 +482,7 @@ class FastReplay(Replay):
         data, opts = self.data, self.options
         ev = data.events
         n = len(ev)
-        first_snap = {i: min(s.t_us for s in data.snapshots if s.market == i) for i in self._mi}
-        t_sub = max(first_snap.values())
-        if opts.start_us is not None and opts.start_us > t_sub:
-            t_sub = opts.start_us
-        t_end = data.end_us if opts.end_us is None else min(opts.end_us, data.end_us)
-        if t_sub > t_end:
-            raise ConfigError(f"nothing to replay: the strategy would start at {t_sub}, after the end {t_end}")
+        t_sub, t_end = self._window()
         self._push_timer(t_sub + opts.order_latency_us, 0)  # _T_SUBSCRIBE
         snaps = data.snapshots
         n_snaps = len(snaps)

@@ -907,6 +907,19 @@ class Replay:
 
     # -- the loop --------------------------------------------------------------------------
 
+    def _window(self) -> tuple[int, int]:
+        """(subscribe time, end time) of the replay: the strategy starts once every market
+        has its first snapshot (or at ``start_us`` if later) and stops at the data's end."""
+        data, opts = self.data, self.options
+        first_snap = {i: min(s.t_us for s in data.snapshots if s.market == i) for i in self._mi}
+        t_sub = max(first_snap.values())
+        if opts.start_us is not None and opts.start_us > t_sub:
+            t_sub = opts.start_us
+        t_end = data.end_us if opts.end_us is None else min(opts.end_us, data.end_us)
+        if t_sub > t_end:
+            raise ConfigError(f"nothing to replay: the strategy would start at {t_sub}, after the end {t_end}")
+        return t_sub, t_end
+
     def run(self) -> BacktestResult:
         """Replay everything, stop the strategies, settle, and return the result."""
         import heapq
@@ -915,13 +928,7 @@ class Replay:
         data, opts = self.data, self.options
         ev = data.events
         n = len(ev)
-        first_snap = {i: min(s.t_us for s in data.snapshots if s.market == i) for i in self._mi}
-        t_sub = max(first_snap.values())
-        if opts.start_us is not None and opts.start_us > t_sub:
-            t_sub = opts.start_us
-        t_end = data.end_us if opts.end_us is None else min(opts.end_us, data.end_us)
-        if t_sub > t_end:
-            raise ConfigError(f"nothing to replay: the strategy would start at {t_sub}, after the end {t_end}")
+        t_sub, t_end = self._window()
         self._push_timer(t_sub + opts.order_latency_us, _T_SUBSCRIBE)
         snaps = data.snapshots
         n_snaps = len(snaps)
