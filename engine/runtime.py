@@ -53,7 +53,7 @@ from engine.state import lostfills
 from engine.state.balances import BalanceView
 from engine.state.book import TOP_PRICE, TOP_QTY, Book
 from engine.state.orders import Closed, Filled, Opened, Order, OrderEvent, OrderState, OrderTracker
-from engine.state.positions import PositionBook
+from engine.state.positions import Position, PositionBook
 from engine.state.tonces import TonceAllocator
 from engine.strategy import (
     Cancel,
@@ -100,6 +100,8 @@ class _Slot:
     market: Market
     ctx: StrategyContext
     positions: PositionBook
+    position: Position
+    """``positions.position(market)``, kept at hand (a Position lives as long as its book)."""
     stats: StrategyStats = field(default_factory=StrategyStats)
     started: bool = False
     book_interval_us: int = 0
@@ -108,8 +110,6 @@ class _Slot:
     """No ``on_book`` before this time (conflation)."""
     book_pending: bool = False
     """The touch changed while conflated: one ``on_book`` is owed at ``next_book_us``."""
-    position: Any = None
-    """``positions.position(market)``, kept at hand (Position objects live as long as the book)."""
 
 
 class StrategyContext:
@@ -238,9 +238,8 @@ class TradingCore:
         ctx = StrategyContext(self, name, market, strategy.p)
         interval = getattr(strategy.p, "book_interval", None) or 0
         positions = PositionBook(self.scales, strategy=name)
-        self.slots[name] = _Slot(strategy, market, ctx, positions,
-                                 book_interval_us=int(round(float(interval) * 1_000_000)),
-                                 position=positions.position(market))
+        self.slots[name] = _Slot(strategy, market, ctx, positions, positions.position(market),
+                                 book_interval_us=int(round(float(interval) * 1_000_000)))
         self.risk.add_strategy(name, limits, market=market)
 
     def start(self) -> None:
@@ -665,8 +664,8 @@ class TradingCore:
             if not self._in_hook:
                 self._flush_denials()
             return 0
-        # The risk gate accepted only well-formed intents of these exact types (its shape
-        # check), so an identity test per type is enough (and cheaper than isinstance).
+        # ``kind`` is the intent's class among _INTENT_TYPES (a subclass maps to its base),
+        # so identity tests suffice (cheaper than an isinstance chain on every order).
         if kind is PlaceLimit:
             i: Any = intent
             return self._place(name, market, i.side, quantity=i.quantity, price=i.price, persist=i.persist)

@@ -236,6 +236,11 @@ def pre_trade(
     bad = _shape(intent, market)
     if bad is not None:
         return _refuse("invalid_intent", bad)
+    if type(intent) is PlaceLimit and state is not TradingState.HALTED:
+        # The common case (every quote), without the isinstance chain and _normalise.
+        order = _Order("limit", intent.side, intent.price, intent.quantity,
+                       scales.bid_reservation(intent.quantity, intent.price, market))
+        return _judge(order, view, market, limits, user, state, _Fmt(market, scales))
     if isinstance(intent, (Cancel, CancelAll)):
         return None  # cancels are allowed in every state; only the rate budget applies
     if state is TradingState.HALTED:
