@@ -877,8 +877,7 @@ class Replay:
         if last is not None and last[0] == key:
             base, eq_units = last[1], last[2]
         else:
-            eq = core.equity(name)
-            base, eq_units = slot.positions.position(slot.market).base, eq.numerator // eq.denominator
+            base, eq_units = slot.position.base, core.equity_units(name)
             self._mark_cache[name] = (key, base, eq_units)
         self._marks.append((self.now_us, self._index[name], base, eq_units, mid or 0))
 

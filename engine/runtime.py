@@ -808,6 +808,11 @@ class TradingCore:
         pos = slot.positions.position(slot.market)
         return pos.net(self.mark_price(slot.market))
 
+    def equity_units(self, name: str) -> int:
+        """``floor(equity(name))``: the integer counter units an equity mark records."""
+        slot = self.slots[name]
+        return slot.position.net_floor(self.mark_price(slot.market))
+
     def mark_price(self, market: Market) -> int | None:
         book = self.books[market]
         if book.best_bid is not None and book.best_ask is not None:
@@ -815,8 +820,7 @@ class TradingCore:
         return self.last_price.get(market)
 
     def _mark(self, name: str) -> None:
-        eq = self.equity(name)
-        reasons = self.risk.on_equity(name, int(eq))  # floor of an exact fraction: integer units
+        reasons = self.risk.on_equity(name, self.equity_units(name))  # floor: integer units
         if reasons:
             log.warning("kill switch for %s: %s", name, "; ".join(reasons))
             self._cancel_strategy(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import pytest
@@ -139,3 +140,17 @@ def test_average_cost_equals_the_unit_by_unit_reference_and_cash_identity(fills)
         cash += -total if side is B else total
         assert (p.base, p.cost, p.realized) == (ref.q, ref.cost, ref.realized)
         assert cash == p.realized - p.cost  # cash moved = realized − cost of what is open
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([V1, V2]),
+       st.lists(st.tuples(st.sampled_from(Side), st.integers(1, 10**6), st.integers(0, 10**7), st.integers(0, 900)),
+                max_size=20),
+       st.one_of(st.none(), st.integers(1, 10**7)))
+def test_net_floor_is_the_floor_of_the_exact_net(scales, fills, mark):
+    # net_floor takes the fractions apart for speed; it must stay the exact floor, long,
+    # short or flat, with or without a mark, fees included.
+    p = Position(XBT_GBP, scales)
+    for side, qty, total, fee in fills:
+        p.add(side, qty, 1, total, counter_fee=fee)
+        assert p.net_floor(mark) == math.floor(p.net(mark))

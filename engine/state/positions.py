@@ -105,6 +105,24 @@ class Position:
         """Unrealized PnL at ``mark`` (counter units): market value minus cost."""
         return self.market_value(mark) - self.cost
 
+    def net_floor(self, mark: int | None = None) -> int:
+        """``floor(net(mark))`` in counter units, from the fractions' integer parts.
+
+        Equity marks (the kill switch after every fill, the replay's marks) need only the
+        integer floor; building three Fractions for it (a gcd each) cost more than the mark.
+        """
+        r, c = self.realized, self.cost
+        rn, rd = r.numerator, r.denominator
+        if mark is None or self.base == 0:
+            # cost is 0 when flat; without a mark it is not counted (as in net())
+            return (rn - self.fees * rd) // rd
+        mn, md = self.scales.exact_total(self.base, mark, self.market)
+        if self.base < 0:
+            mn = -mn
+        cn, cd = c.numerator, c.denominator
+        # rn/rd − fees + mn/md − cn/cd over the common denominator rd·md·cd (all > 0)
+        return (((rn - self.fees * rd) * md + mn * rd) * cd - cn * rd * md) // (rd * md * cd)
+
     def net(self, mark: int | None = None) -> Fraction:
         """Realized (+ unrealized at ``mark``, if given) minus counter fees."""
         out = self.realized - self.fees
