@@ -139,8 +139,17 @@ class StrategyContext:
     def open_orders(self) -> list[Order]:
         return self._core.tracker.open_orders(strategy=self.name, market=self.market)
 
+    def order(self, ref: int) -> Order | None:
+        """This strategy's order for intent ``ref`` (open or not), or None."""
+        o = self._core.tracker.get(ref)
+        return o if o is not None and o.strategy == self.name else None
+
     def position(self) -> int:
         return self._core.slots[self.name].positions.position(self.market).base
+
+    def order_budget(self) -> int:
+        """Order placements (cancels included; a replace costs 2) the rate budget allows now."""
+        return self._core.risk.tokens_left(self.name)
 
     def pnl(self) -> Fraction:
         """Realized + unrealized − fees in counter units (exact), marked to the mid."""

@@ -211,12 +211,21 @@ class Context(Protocol):
 
     def open_orders(self) -> Sequence[OrderView]: ...
 
+    def order(self, ref: int) -> OrderView | None:
+        """This strategy's order for intent ``ref`` (open or not), or None."""
+        ...
+
     def position(self) -> int:
         """Signed base-asset position of this strategy (scaled)."""
         ...
 
     def available(self, asset_symbol: str) -> int:
         """Usable available balance of the user (balance view incl. anticipated deltas)."""
+        ...
+
+    def order_budget(self) -> int:
+        """Order placements the strategy's rate budget allows right now (cancels count; a
+        replace costs 2).  Asking first saves sending intents the risk governor would deny."""
         ...
 
     def amount(self, text: str) -> int: ...

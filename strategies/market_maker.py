@@ -56,20 +56,41 @@ class MarketMaker(Strategy):
         self.max_inv = ctx.amount(p.max_inventory)
         self.threshold = max(ctx.price(p.requote_threshold), 1)
         self.mids: deque[int] = deque(maxlen=max(p.vol_window, 2))
+        # The mid changes over the window and their running sum and sum of squares, so that
+        # sigma() is O(1) per book update instead of a pass over the window (same integers).
+        self.diffs: deque[int] = deque()
+        self.max_diffs = max(p.vol_window, 2) - 1
+        self.sum_d = 0
+        self.sum_d2 = 0
         self.vol_mult = p.vol_mult_pct
         self.quotes: dict[Side, int] = {}  # side -> ref of the live quote
         self.min_gap_us = int(p.min_requote_seconds * 1_000_000)
         self.last_requote: dict[Side, int] = {}
 
+    def add_mid(self, mid: int) -> None:
+        """Record a new mid (a repeat of the last one is not a sample)."""
+        mids = self.mids
+        if mids and mids[-1] == mid:
+            return
+        if mids:
+            d = mid - mids[-1]
+            self.diffs.append(d)
+            self.sum_d += d
+            self.sum_d2 += d * d
+            if len(self.diffs) > self.max_diffs:
+                old = self.diffs.popleft()
+                self.sum_d -= old
+                self.sum_d2 -= old * old
+        mids.append(mid)
+
     def sigma(self) -> int:
         """Standard deviation of mid changes in price units (integer, floor)."""
-        m = list(self.mids)
-        if len(m) < 3:
+        n = len(self.diffs)
+        if n < 2:
             return 0
-        d = [b - a for a, b in zip(m, m[1:], strict=False)]
-        n = len(d)
-        mean_num = sum(d)  # mean = mean_num / n
-        var_num = sum((x * n - mean_num) ** 2 for x in d)  # var = var_num / n**3
+        # var = Σ(x·n − S)² / n³ = (n²·Σx² − n·S²) / n³, all integers (S = Σx)
+        s = self.sum_d
+        var_num = n * n * self.sum_d2 - n * s * s
         return math.isqrt(var_num // (n**3))
 
     def wanted(self, ctx: Context, mid: int) -> dict[Side, int]:
@@ -88,15 +109,15 @@ class MarketMaker(Strategy):
         if bid is None or ask is None:
             return
         mid = (bid + ask) // 2
-        if not self.mids or self.mids[-1] != mid:
-            self.mids.append(mid)
+        self.add_mid(mid)
         self.requote(ctx, self.wanted(ctx, mid), bid, ask)
 
     def requote(self, ctx: Context, want: dict[Side, int], bid: int, ask: int) -> None:
-        live = {o.ref: o for o in ctx.open_orders() if o.is_open}
         for side in (Side.BUY, Side.SELL):
             ref = self.quotes.get(side)
-            order = live.get(ref) if ref is not None else None
+            order = ctx.order(ref) if ref is not None else None
+            if order is not None and not order.is_open:
+                order = None
             if ref is not None and order is None:
                 del self.quotes[side]  # filled or cancelled: quote afresh
             if order is not None and not _working(order):
@@ -111,11 +132,17 @@ class MarketMaker(Strategy):
                 continue
             new_ref = 0
             if order is None:
+                # ask the rate budget first: an intent it cannot pay for would only come back
+                # as a denial (same outcome, at the cost of the whole risk gate)
+                if ctx.order_budget() < 1:
+                    continue
                 new_ref = ctx.buy(price, self.size) if side is Side.BUY else ctx.sell(price, self.size)
             elif order.price is not None and abs(order.price - price) >= self.threshold:
                 if ctx.now_us - self.last_requote.get(side, -self.min_gap_us) < self.min_gap_us:
                     continue
                 self.last_requote[side] = ctx.now_us
+                if ctx.order_budget() < 2:  # a replace is a cancel and a place
+                    continue
                 new_ref = ctx.replace(order.ref, price, self.size)
             if new_ref:  # 0: the risk governor said no (on_risk_denied tells why)
                 self.quotes[side] = new_ref

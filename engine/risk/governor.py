@@ -517,6 +517,15 @@ class RiskGovernor:
 
     # -- read-outs -------------------------------------------------------------------------
 
+    def tokens_left(self, name: str) -> int:
+        """Order placements strategy ``name`` could spend now: min(own headroom, user headroom).
+
+        The same figure :meth:`check` tests an intent's cost against, so a strategy that asks
+        first need not send an intent that the order-rate rules would deny.
+        """
+        now = self._now()
+        return min(self._get(name).limiter.headroom(now), self._user_limiter.headroom(now))
+
     def statistics(self) -> RiskStatistics:
         """A frozen snapshot of states, denials by rule and tokens left."""
         now = self._now()
