@@ -88,6 +88,7 @@ class Outgoing:
 @dataclass(slots=True)
 class StrategyStats:
     hooks: int = 0
+    """Hook calls that ran strategy code (a hook the strategy does not override is skipped)."""
     intents: int = 0
     denials: int = 0
     errors: int = 0
@@ -110,6 +111,8 @@ class _Slot:
     """No ``on_book`` before this time (conflation)."""
     book_pending: bool = False
     """The touch changed while conflated: one ``on_book`` is owed at ``next_book_us``."""
+    noop: frozenset[str] = frozenset()
+    """Hooks the strategy leaves to the base class (they do nothing: not called)."""
 
 
 class StrategyContext:
@@ -248,7 +251,8 @@ class TradingCore:
         interval = getattr(strategy.p, "book_interval", None) or 0
         positions = PositionBook(self.scales, strategy=name)
         self.slots[name] = _Slot(strategy, market, ctx, positions, positions.position(market),
-                                 book_interval_us=int(round(float(interval) * 1_000_000)))
+                                 book_interval_us=int(round(float(interval) * 1_000_000)),
+                                 noop=_inherited_hooks(strategy))
         self.risk.add_strategy(name, limits, market=market)
 
     def start(self) -> None:
@@ -363,9 +367,11 @@ class TradingCore:
             aggressor = Side.BUY
         elif n.ask is UNSET:
             aggressor = Side.SELL
-        trade = Trade(market.name, n.price, n.quantity, n.time, own, aggressor)
+        trade: Trade | None = None
         for name, slot in self.slots.items():
-            if slot.market is market and slot.started:
+            if slot.market is market and slot.started and "on_trade" not in slot.noop:
+                if trade is None:
+                    trade = Trade(market.name, n.price, n.quantity, n.time, own, aggressor)
                 self._call(name, "on_trade", trade)
 
     def _ticker(self, n: TickerChanged) -> None:
@@ -781,6 +787,8 @@ class TradingCore:
 
     def _call(self, name: str, hook: str, *args: Any) -> None:
         slot = self.slots[name]
+        if hook in slot.noop:
+            return
         risk = self.risk
         if risk.is_halted(name) and hook not in ("on_order", "on_fill", "on_stop"):
             return
@@ -874,3 +882,14 @@ class TradingCore:
                 "last_error": slot.stats.last_error or None,
             }
         return out
+
+
+_HOOKS = ("on_start", "on_book", "on_trade", "on_ticker", "on_order", "on_fill", "on_timer",
+          "on_risk_denied", "on_stop")
+
+
+def _inherited_hooks(strategy: Strategy) -> frozenset[str]:
+    """The hooks ``strategy`` does not override: the base class's do nothing, so the core
+    need not build their arguments nor call them (a market maker ignores every trade)."""
+    return frozenset(h for h in _HOOKS
+                     if getattr(getattr(strategy, h, None), "__func__", None) is getattr(Strategy, h))
