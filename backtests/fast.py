@@ -496,6 +496,7 @@ class FastReplay(Replay):
         kmarkets = self._kmarkets
         slots_of = [[s for s in core.slots.values() if s.market is m] for m in kmarkets]
         i = 0
+        seg_lim, seg_ev, seg_mkt = -1, ev, mkt
         while True:
             snap_due = si < n_snaps and snaps[si].pos <= i
             if snap_due:
@@ -529,6 +530,8 @@ class FastReplay(Replay):
                 market = kmarkets[k]
                 book = core.books[market]
                 lim = snaps[si].pos if si < n_snaps else n
+                if lim != seg_lim:  # the views the kernel scans change only at a snapshot
+                    seg_lim, seg_ev, seg_mkt = lim, ev[:lim], mkt[:lim]
                 until = min(t_x, t_t, t_end) + 1  # recorded events of one time come first
                 stop_top = 0
                 if core.ready:
@@ -541,7 +544,7 @@ class FastReplay(Replay):
                             until = min(until, first)
                 own_bid, own_ask = self._guard_best(market)
                 out[:] = 0
-                j, st = FK.k_scan(book._a, ev[:lim], mkt[:lim], k, i, until, own_bid, own_ask, self._taken_arr,
+                j, st = FK.k_scan(book._a, seg_ev, seg_mkt, k, i, until, own_bid, own_ask, self._taken_arr,
                                   stop_top, int(self._stop_trade[k]), out)
                 self.batches += 1
                 book._refresh()
