@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 
 from engine.errors import LocalProtocolError, RemoteProtocolError
@@ -140,8 +141,7 @@ def warm_up() -> float:
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class OrderView:
+class OrderView(msgspec.Struct, frozen=True, gc=False):
     """One order of the view: ``quantity`` is the remaining quantity, signed as on the wire
     (0 once an OrdersMatched filled it; the OrderClosed that removes it follows)."""
 
@@ -208,6 +208,7 @@ class Book:
         "last_stop",
         "_a",
         "_mv",
+        "_out3",
         "_base",
         "_counter",
         "_mkt_base",
@@ -240,6 +241,7 @@ class Book:
         self._mkt_base = self._mkt_counter = -1  # buffering until the snapshot
         self._a = K.new_arena(max(1, capacity or 48), window or MIN_WINDOW)
         self._mv = self._a.data
+        self._out3 = np.empty(3, dtype=np.int64)  # find_order's scratch (order, __contains__)
         self._pending: list[Notice] | None = []
         self.last_stop = 0
         self._refresh()
@@ -462,14 +464,14 @@ class Book:
 
     def order(self, order_id: int) -> OrderView | None:
         """The order ``order_id`` as the view holds it, or None."""
-        out = np.empty(3, dtype=np.int64)
+        out = self._out3
         if not K.find_order(self._a, order_id, out):
             return None
-        k, rem, tmo = (int(x) for x in out)
+        k, rem, tmo = out.tolist()
         return OrderView(order_id, BID if k < 0 else ASK, rem if k < 0 else -rem, abs(k), tmo >> 1, bool(tmo & 1))
 
     def __contains__(self, order_id: object) -> bool:
-        return isinstance(order_id, int) and self.order(order_id) is not None
+        return isinstance(order_id, int) and bool(K.find_order(self._a, order_id, self._out3))
 
     def __len__(self) -> int:
         """Orders in the view (including those filled to 0 whose OrderClosed is pending)."""
