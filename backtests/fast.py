@@ -274,7 +274,7 @@ class FastReplay(Replay):
                     # reservation) unless the replay took more of it than live
                     after = min(after, recorded[1])
                 maker_got = x
-            total = self.config.scales.exact_total(x, p, market)
+            total = self.core.scales.exact_total(x, p, market)
             tot = total[0] // total[1]
             t = self.now_us
             if taker_buy:
@@ -467,7 +467,7 @@ class FastReplay(Replay):
             if type(r) is PlaceOrderReply:
                 rename[r.id] = rid  # type: ignore[index]
             have += rem
-            num, den = self.config.scales.exact_total(rem, p, market)
+            num, den = self.core.scales.exact_total(rem, p, market)
             spent += num // den
             # enough for the order (one more level's worth is harmless: removed afterwards)
             if (want is not None and have > want) or (budget is not None and spent > budget):
