@@ -61,26 +61,33 @@ class Position:
         """Apply one fill: ``quantity`` base units at ``price`` for ``total`` counter units."""
         if quantity <= 0 or total < 0:
             raise ValueError(f"{self.market.name} fill: quantity must be > 0 and total >= 0, was {quantity}, {total}")
-        dq = quantity if side is Side.BUY else -quantity
-        value = Fraction(total if side is Side.BUY else -total)
+        buy = side is Side.BUY
+        v = total if buy else -total  # the signed cash value of the fill (cost grows by it)
         q = self.base
-        if q != 0 and (q > 0) != (dq > 0):
-            closing = min(quantity, abs(q))
-            part_value = value * closing / quantity
-            removed = self.cost * closing / abs(q)
-            # Long: proceeds (−part_value) minus cost removed; short: cost removed (negative)
-            # minus outlay (part_value): both are −part_value − removed.
-            self.realized += -part_value - removed
-            self.cost -= removed
-            q += closing if dq > 0 else -closing
-            dq += -closing if dq > 0 else closing
-            value -= part_value
-        if dq != 0:
-            q += dq
-            self.cost += value
-        self.base = q
-        if q == 0:
-            self.cost = Fraction(0)
+        if q == 0 or (q > 0) == buy:  # opening or adding: the cost grows by the total
+            self.cost += v
+            self.base = q + (quantity if buy else -quantity)
+        else:
+            # Reducing: realise the closed part against its average cost.  Long: proceeds
+            # (−part value) minus the cost removed; short: the cost removed (negative) minus the
+            # outlay (part value): both are −v·c/quantity − C·c/|q|.  Over one common
+            # denominator, so one Fraction (one gcd) instead of a chain of Fraction operations.
+            aq = -q if q < 0 else q
+            c = quantity if quantity < aq else aq
+            cn, cd = self.cost.numerator, self.cost.denominator
+            rn, rd = self.realized.numerator, self.realized.denominator
+            self.realized = Fraction((rn * quantity - v * c * rd) * cd * aq - cn * c * rd * quantity,
+                                     rd * quantity * cd * aq)
+            if c < aq:  # a part of the position stays open at its average cost
+                self.base = q + (c if buy else -c)
+                self.cost = Fraction(cn * (aq - c), cd * aq)
+            elif c < quantity:  # crosses zero: the rest opens at the fill's own price
+                rest = quantity - c
+                self.base = rest if buy else -rest
+                self.cost = Fraction(v * rest, quantity)
+            else:
+                self.base = 0
+                self.cost = Fraction(0)
         self.fees += counter_fee
         self.base_fees += base_fee
         self.volume_base += quantity
