@@ -53,6 +53,7 @@ __all__ = [
     "accept_request",
     "connect",
     "encode_frame",
+    "text_frame",
 ]
 
 log = logging.getLogger("engine.ws")
@@ -161,6 +162,24 @@ def encode_frame(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -
     return head + payload
 
 
+# The headers of unfragmented text frames under 126 bytes (most notices and every order
+# command), by payload length: one tuple index instead of building them per frame.
+_TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
+_MASKED_TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, 0x80 | n)) for n in range(126))
+
+
+def text_frame(utf8: bytes, *, mask: bool) -> bytes:
+    """One unfragmented text frame: :func:`encode_frame` for ``OP_TEXT``, with the header of
+    a short frame looked up (this is on the path of every notice and every order)."""
+    n = len(utf8)
+    if n >= 126:
+        return encode_frame(OP_TEXT, utf8, mask=mask)
+    if not mask:
+        return _TEXT_HEADS[n] + utf8
+    key = _mask_key()
+    return _MASKED_TEXT_HEADS[n] + key + _xor(utf8, key)
+
+
 def _close_payload(code: int, reason: str) -> bytes:
     raw = reason.encode("utf-8")
     while len(raw) > 123:  # control frames carry at most 125 bytes; cut on a character boundary
@@ -241,7 +260,11 @@ class WebSocket:
 
     def text_frame(self, utf8: bytes) -> bytes:
         """The wire bytes of one text frame whose payload is already UTF-8 encoded."""
-        return encode_frame(OP_TEXT, utf8, mask=self.client)
+        n = len(utf8)
+        if n < 126 and self.client:  # an order command: text_frame's masked case, inline
+            key = _mask_key()
+            return _MASKED_TEXT_HEADS[n] + key + _xor(utf8, key)
+        return text_frame(utf8, mask=self.client)
 
     def write_nowait(self, data: bytes) -> bool:
         """Queue wire bytes and write as much as the socket takes now, without blocking.
