@@ -272,7 +272,10 @@ class NoticeQueue:
                 self._gaps[book] = self._append(FeedGap(session, book[0], book[1]), _MARKER)
                 self._gap_count += 1
             return True
-        self._append(event, _PUBLIC)
+        # _append, inline (a book notice of another user: the hot path of a tick).
+        self._slots.append(_Slot(event, _PUBLIC))
+        if self._lot and not self._deferred:
+            self._lot.unpark()
         self._public += 1
         self._peak_public = max(self._peak_public, self._public)
         return True
