@@ -193,3 +193,46 @@ def test_sent_order_reserves_what_scales_reservation_says(side, quantity, price)
     assert delta is not None
     assert (delta.asset, delta.amount) == (asset.code, -amount)
     assert core.balances.available(asset.code) == -amount
+
+
+# -- session 4 ------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    algorithm=st.sampled_from(["window", "bucket"]),
+    count=st.integers(1, 5),
+    steps=st.lists(st.tuples(st.floats(0.0, 1.5, allow_nan=False), st.integers(1, 7)), max_size=40),
+)
+def test_limiter_take_decides_like_try_acquire(algorithm, count, steps):
+    """``take`` is ``try_acquire(...) == 0.0`` in one call: the same grants, the same tokens
+    left, on twin limiters fed the same requests (False, not ValueError, above the limit)."""
+    from engine.limits import make_limiter
+
+    fast, slow = make_limiter(Limit(count, 1.0), algorithm), make_limiter(Limit(count, 1.0), algorithm)
+    now = 0.0
+    for dt, n in steps:
+        now += dt
+        if n > count:
+            with pytest.raises(ValueError):
+                slow.try_acquire(now, n)
+            assert fast.take(now, n) is False
+        else:
+            assert fast.take(now, n) is (slow.try_acquire(now, n) == 0.0)
+        assert fast.headroom(now) == slow.headroom(now)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 117, 124, 125, 126, 127, 300, 65535, 65536])
+def test_text_frame_is_encode_frame_for_text(n):
+    """The looked-up short header is the one encode_frame builds, masked or not, on both
+    sides of the 126-byte boundary; a masked frame unmasks to the payload with its own key."""
+    from engine.ws import OP_TEXT, _xor, encode_frame, text_frame
+
+    payload = bytes((i * 7 + 3) % 256 for i in range(n))
+    assert text_frame(payload, mask=False) == encode_frame(OP_TEXT, payload, mask=False)
+    masked, reference = text_frame(payload, mask=True), encode_frame(OP_TEXT, payload, mask=True)
+    head = len(reference) - n - 4
+    assert len(masked) == len(reference) and masked[:head] == reference[:head]
+    key = masked[head : head + 4]
+    assert _xor(masked[head + 4 :], key) == payload
+    assert text_frame(payload, mask=True)[head : head + 4] != key  # a fresh key per frame
