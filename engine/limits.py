@@ -94,9 +94,13 @@ class Limiter(Protocol):
         ...
 
     def take(self, now: float, n: int = 1) -> bool:
-        """Take ``n`` tokens and return True, or take none and return False: the decision
-        of ``try_acquire(now, n) == 0.0`` in one call (no wait computed, and False rather
-        than ValueError when ``n`` exceeds the limit).  For the per-order hot paths."""
+        """Take ``n`` tokens and return True, or take none and return False: ``headroom(now)
+        >= n`` then ``try_acquire(now, n)``, in one call (False rather than ValueError when
+        ``n`` exceeds the limit).  For the per-order hot paths.
+
+        Not quite ``try_acquire(now, n) == 0.0``: when the event that must leave the window
+        sits on its edge up to float rounding, try_acquire takes nothing yet reports a wait
+        of 0.0."""
         ...
 
 
