@@ -162,22 +162,29 @@ def encode_frame(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -
     return head + payload
 
 
-# The headers of unfragmented text frames under 126 bytes (most notices and every order
-# command), by payload length: one tuple index instead of building them per frame.
+# The headers of unfragmented text frames under 126 bytes (most notices), by payload
+# length: one tuple index instead of building them per frame; from 126 bytes (an order
+# command with its tag and tonce) the 16-bit length follows a fixed first two bytes.
 _TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
 _MASKED_TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, 0x80 | n)) for n in range(126))
+_TEXT_16 = bytes((0x80 | OP_TEXT, 126))
+_MASKED_TEXT_16 = bytes((0x80 | OP_TEXT, 0x80 | 126))
 
 
 def text_frame(utf8: bytes, *, mask: bool) -> bytes:
-    """One unfragmented text frame: :func:`encode_frame` for ``OP_TEXT``, with the header of
-    a short frame looked up (this is on the path of every notice and every order)."""
+    """One unfragmented text frame: :func:`encode_frame` for ``OP_TEXT`` without its general
+    header packing (this is on the path of every notice and every order)."""
     n = len(utf8)
-    if n >= 126:
+    if n < 126:
+        head = _MASKED_TEXT_HEADS[n] if mask else _TEXT_HEADS[n]
+    elif n < 65536:
+        head = (_MASKED_TEXT_16 if mask else _TEXT_16) + n.to_bytes(2, "big")
+    else:
         return encode_frame(OP_TEXT, utf8, mask=mask)
     if not mask:
-        return _TEXT_HEADS[n] + utf8
+        return head + utf8
     key = _mask_key()
-    return _MASKED_TEXT_HEADS[n] + key + _xor(utf8, key)
+    return head + key + _xor(utf8, key)
 
 
 def _close_payload(code: int, reason: str) -> bytes:
@@ -260,10 +267,14 @@ class WebSocket:
 
     def text_frame(self, utf8: bytes) -> bytes:
         """The wire bytes of one text frame whose payload is already UTF-8 encoded."""
-        n = len(utf8)
-        if n < 126 and self.client:  # an order command: text_frame's masked case, inline
-            key = _mask_key()
-            return _MASKED_TEXT_HEADS[n] + key + _xor(utf8, key)
+        if self.client:  # an order command: text_frame's masked case, inline
+            n = len(utf8)
+            if 126 <= n < 65536:
+                key = _mask_key()
+                return _MASKED_TEXT_16 + n.to_bytes(2, "big") + key + _xor(utf8, key)
+            if n < 126:
+                key = _mask_key()
+                return _MASKED_TEXT_HEADS[n] + key + _xor(utf8, key)
         return text_frame(utf8, mask=self.client)
 
     def write_nowait(self, data: bytes) -> bool:
