@@ -253,6 +253,12 @@ class WebSocket:
         return self._send_lock.locked()
 
     @property
+    def idle(self) -> bool:
+        """Nothing queued and no flush writing: a write would go to the socket at once (one
+        test for ``not pending_bytes and not sending``, made before every order sent)."""
+        return not self._out and not self._send_lock.locked()
+
+    @property
     def pending_bytes(self) -> int:
         """Bytes queued for the socket and not yet written."""
         return len(self._out)

@@ -270,3 +270,26 @@ async def test_websocket_text_frame_is_its_roles_text_frame(client, n):
     head = len(reference) - n - (4 if client else 0)
     assert frame[:head] == reference[:head]
     assert (_xor(frame[head + 4 :], frame[head : head + 4]) if client else frame[head:]) == payload
+
+
+async def test_websocket_idle_is_nothing_pending_and_not_sending():
+    """``idle`` (tested before every order sent, and by the server before every write) is
+    ``not pending_bytes and not sending`` while bytes are queued, flushing and written."""
+    from engine.ws import WebSocket
+
+    a, b = trio.testing.lockstep_stream_pair()  # send_all waits for the peer's read
+    ws = WebSocket(a, client=True)
+
+    def agrees() -> bool:
+        assert ws.idle is (not ws.pending_bytes and not ws.sending)
+        return ws.idle
+
+    assert agrees()
+    ws.write_nowait(b"abc")  # not a socket: queued for flush
+    assert not agrees()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.sending and not agrees()  # flushing, peer not reading yet
+        assert await b.receive_some() == b"abc"
+    assert agrees()

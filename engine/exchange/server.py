@@ -498,7 +498,7 @@ class _Connection:
 
     def _write(self, frame: bytes, count: int = 1) -> None:
         outbox, ws = self.outbox, self.ws
-        if not outbox and not ws.pending_bytes and not ws.sending and self.session is not None:
+        if not outbox._frames and ws.idle and self.session is not None:
             # Nothing ahead of it: straight to the socket, no task switch.
             try:
                 if not ws.write_nowait(frame):
