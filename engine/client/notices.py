@@ -196,7 +196,9 @@ class NoticeQueue:
     def _append(self, event: Event, kind: int) -> _Slot:
         slot = _Slot(event, kind)
         self._slots.append(slot)
-        if self._lot and not self._deferred:  # only when a receiver is parked: once per frame
+        # Only when a receiver is parked: once per frame.  _deferred first: an inline consumer
+        # defers, and ParkingLot.__bool__ is a Python call.
+        if not self._deferred and self._lot:
             self._lot.unpark()
         return slot
 
@@ -274,7 +276,7 @@ class NoticeQueue:
             return True
         # _append, inline (a book notice of another user: the hot path of a tick).
         self._slots.append(_Slot(event, _PUBLIC))
-        if self._lot and not self._deferred:
+        if not self._deferred and self._lot:
             self._lot.unpark()
         self._public += 1
         self._peak_public = max(self._peak_public, self._public)
