@@ -39,6 +39,7 @@ import base64
 import hashlib
 import logging
 import os
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -61,6 +62,8 @@ log = logging.getLogger("engine.ws")
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HANDSHAKE = 16 * 1024  # bytes of HTTP head we read before calling it a bad request
 RECEIVE_SIZE = 64 * 1024
+_IPPROTO_TCP = socket.IPPROTO_TCP
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -227,6 +230,9 @@ class WebSocket:
         # (The socket is trio's own, non-blocking; os.read/os.write on its descriptor are
         # recv/send without flags.  fileno() is -1 once trio closed it.)
         self._sock: trio.socket.SocketType | None = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # The client acknowledges what it has read before it waits (see _ack_now).
+        self._ack_when_idle = client and self._sock is not None and _QUICKACK is not None
+        self._ack_owed = False  # bytes were read since the reader last idled
         self._close_sent = False
         self._closed: CloseReason | None = None
         self._close_received = trio.Event()
@@ -360,6 +366,9 @@ class WebSocket:
                 try:
                     data = os.read(sock.fileno(), RECEIVE_SIZE)
                 except (BlockingIOError, InterruptedError):
+                    if self._ack_owed:
+                        self._ack_owed = False
+                        self._ack_now(sock)
                     try:
                         await trio.lowlevel.wait_readable(sock)
                     except trio.ClosedResourceError as e:
@@ -380,8 +389,27 @@ class WebSocket:
             self._closed = self._closed or CloseReason(1006, "connection ended without a close frame")
             self._close_received.set()
             raise WebSocketClosed(self._closed)
+        self._ack_owed = self._ack_when_idle
         self._buf += data
         self.last_traffic = self._clock()
+
+    @staticmethod
+    def _ack_now(sock: trio.socket.SocketType) -> None:
+        """Send the TCP ACK of what was read, if one is owed, before the reader idles.
+
+        Linux delays an ACK until the next segment we send, or until a second segment
+        arrives.  A client that reads a burst (an order's fills) and then sends nothing owes
+        one ACK, which the kernel sends when the exchange's next notice arrives: on loopback
+        inside the exchange's ``write``, on the next tick's critical path (about 4 µs of
+        the 16 µs that write took, ``cftrade bench latency``).  TCP_QUICKACK with value 2
+        sends the owed ACK now and stays in delayed-ACK mode (value 1 would leave it, and
+        the ACK would move into our next ``read``).  One system call when the reader idles
+        after reading, outside any tick's path.
+        """
+        try:
+            sock.setsockopt(_IPPROTO_TCP, _QUICKACK, 2)  # type: ignore[arg-type]
+        except OSError:
+            pass
 
     async def receive(self) -> str | bytes:
         """The next data message.  Pings are answered and pongs noted on the way.
