@@ -38,6 +38,9 @@ socket write) and ``send_to_server`` (scheduler pass + I/O poll → server read,
 decode).  The wrappers cost a few µs, so the headline figures come from the plain pass.
 Until 2026-11-24 the path had three more task switches (trio-websocket's reader task and
 channel on each end, the runner's event task and its dispatcher task); see BENCHMARKS.md.
+``core_to_write`` also held the kernel sending the client's owed TCP ACK for the previous
+tick's fills (inside the exchange's write, on loopback) until the client began to push
+that ACK when its reader idles (session 4, ``WebSocket._ack_now``).
 
 Self-check: every tick produced exactly one PlaceOrder of the expected price and size, every
 one filled completely, user 1's XBT balance grew by exactly ticks × size, no order of user 1

@@ -100,6 +100,7 @@ from engine.errors import (
     WebSocketClosed,
 )
 from engine.governor import Governor, metric_for
+from engine.limits import METRIC_FOR_METHOD
 from engine.protocol import auth
 from engine.protocol.codec import CODEC, ReplyFrame, UnknownNotice
 from engine.protocol.messages import (
@@ -527,10 +528,10 @@ class Connection:
         """
         if self._close_reason is not None:
             raise ConnectionLost(f"session {self.session}: {self._close_reason}; the command was not sent")
-        if self._ws.pending_bytes or self._ws.sending:
+        if not self._ws.idle:
             raise trio.WouldBlock
         if self._governor is not None:
-            metric = metric_for(command)
+            metric = METRIC_FOR_METHOD.get(command.__struct_config__.tag)  # type: ignore[arg-type]  # metric_for, inline
             if metric is not None and not self._governor.take_nowait(metric):
                 raise trio.WouldBlock
         tag, pending, written = self._write(command, echo)

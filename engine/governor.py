@@ -302,10 +302,8 @@ class Governor:
             return False
         now = trio.current_time()
         if self._parent is None:
-            limiter = m.limiter
-            if limiter.headroom(now) < 1:
+            if not m.limiter.take(now):
                 return False
-            limiter.try_acquire(now, 1)
         else:
             chain = self._chain(metric)
             for c in chain:

@@ -93,6 +93,16 @@ class Limiter(Protocol):
         """Tokens that could be taken right now."""
         ...
 
+    def take(self, now: float, n: int = 1) -> bool:
+        """Take ``n`` tokens and return True, or take none and return False: ``headroom(now)
+        >= n`` then ``try_acquire(now, n)``, in one call (False rather than ValueError when
+        ``n`` exceeds the limit).  For the per-order hot paths.
+
+        Not quite ``try_acquire(now, n) == 0.0``: when the event that must leave the window
+        sits on its edge up to float rounding, try_acquire takes nothing yet reports a wait
+        of 0.0."""
+        ...
+
 
 @dataclass(slots=True)
 class SlidingWindow:
@@ -122,6 +132,21 @@ class SlidingWindow:
     def headroom(self, now: float) -> int:
         self._expire(now)
         return self.limit.count - len(self._times)
+
+    def take(self, now: float, n: int = 1) -> bool:
+        # _expire and the count test inlined: this runs twice or three times per order sent.
+        limit = self.limit
+        times = self._times
+        horizon = now - limit.per
+        while times and times[0] <= horizon:
+            times.popleft()
+        if len(times) + n > limit.count:
+            return False
+        if n == 1:
+            times.append(now)
+        else:
+            times.extend([now] * n)
+        return True
 
 
 @dataclass(slots=True)
@@ -153,6 +178,15 @@ class TokenBucket:
     def headroom(self, now: float) -> int:
         self._refill(now)
         return int(self._tokens)
+
+    def take(self, now: float, n: int = 1) -> bool:
+        if n > self.limit.count:
+            return False
+        self._refill(now)
+        if self._tokens >= n:
+            self._tokens -= n
+            return True
+        return False
 
 
 def make_limiter(limit: Limit, algorithm: Algorithm = "window") -> Limiter:

@@ -464,7 +464,10 @@ class Runner:
         if self._inline_error is not None:
             return
         try:
-            self._take_events()
+            # _take_events, inline (once per frame received).
+            pop = self.client.notices.pop_nowait  # type: ignore[union-attr]
+            while (ev := pop()) is not None:
+                self._on_event(ev)
         except BaseException as e:  # raised again by _events, in the runner's own task
             self._fail(e)
 

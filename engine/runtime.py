@@ -337,7 +337,11 @@ class TradingCore:
                         if self.on_book_deferred is not None:
                             self.on_book_deferred()
                     continue
-                self._on_book(name, slot)
+                # _on_book, inline (every top-of-book change of a started strategy).
+                if slot.book_interval_us:
+                    slot.next_book_us = self.clock_us() + slot.book_interval_us
+                    slot.book_pending = False
+                self._call(name, "on_book")
 
     def _on_book(self, name: str, slot: _Slot) -> None:
         if slot.book_interval_us:

@@ -193,3 +193,103 @@ def test_sent_order_reserves_what_scales_reservation_says(side, quantity, price)
     assert delta is not None
     assert (delta.asset, delta.amount) == (asset.code, -amount)
     assert core.balances.available(asset.code) == -amount
+
+
+# -- session 4 ------------------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    algorithm=st.sampled_from(["window", "bucket"]),
+    count=st.integers(1, 5),
+    steps=st.lists(st.tuples(st.floats(0.0, 1.5, allow_nan=False), st.integers(1, 7)), max_size=40),
+)
+def test_limiter_take_decides_like_try_acquire(algorithm, count, steps):
+    """``take`` is ``headroom >= n`` then ``try_acquire`` in one call: the same grants, the
+    same tokens left, on twin limiters fed the same requests (False, not ValueError, above
+    the limit), and a grant always takes its tokens."""
+    from engine.limits import make_limiter
+
+    fast, slow = make_limiter(Limit(count, 1.0), algorithm), make_limiter(Limit(count, 1.0), algorithm)
+    now = 0.0
+    for dt, n in steps:
+        now += dt
+        if n > count:
+            with pytest.raises(ValueError):
+                slow.try_acquire(now, n)
+            assert fast.take(now, n) is False
+        else:
+            before = fast.headroom(now)
+            granted = slow.headroom(now) >= n
+            if granted:
+                assert slow.try_acquire(now, n) == 0.0
+            assert fast.take(now, n) is granted
+            assert fast.headroom(now) == before - (n if granted else 0)
+        assert fast.headroom(now) == slow.headroom(now)
+
+
+def test_take_refuses_where_try_acquire_reports_a_zero_wait_without_taking():
+    """The float edge the risk gate used to read as a grant: the oldest event sits on the
+    window's edge up to rounding, so try_acquire takes nothing yet answers 0.0."""
+    from engine.limits import SlidingWindow
+
+    w = SlidingWindow(Limit(1, 1.0))
+    assert w.take(0.9)
+    now = 0.9 + 1.0  # 1.9 in floats, and 1.9 - 1.0 < 0.9
+    assert w.try_acquire(now) == 0.0 and w.headroom(now) == 0  # took nothing, "no wait"
+    assert w.take(now) is False and w.headroom(now) == 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 117, 124, 125, 126, 127, 300, 65535, 65536])
+def test_text_frame_is_encode_frame_for_text(n):
+    """The looked-up short header is the one encode_frame builds, masked or not, on both
+    sides of the 126-byte boundary; a masked frame unmasks to the payload with its own key."""
+    from engine.ws import OP_TEXT, _xor, encode_frame, text_frame
+
+    payload = bytes((i * 7 + 3) % 256 for i in range(n))
+    assert text_frame(payload, mask=False) == encode_frame(OP_TEXT, payload, mask=False)
+    masked, reference = text_frame(payload, mask=True), encode_frame(OP_TEXT, payload, mask=True)
+    head = len(reference) - n - 4
+    assert len(masked) == len(reference) and masked[:head] == reference[:head]
+    key = masked[head : head + 4]
+    assert _xor(masked[head + 4 :], key) == payload
+    assert text_frame(payload, mask=True)[head : head + 4] != key  # a fresh key per frame
+
+
+@pytest.mark.parametrize("client", [True, False])
+@pytest.mark.parametrize("n", [0, 125, 126, 200, 65535, 65536])
+async def test_websocket_text_frame_is_its_roles_text_frame(client, n):
+    """WebSocket.text_frame (the client's inline masked case) frames like encode_frame."""
+    from engine.ws import OP_TEXT, WebSocket, _xor, encode_frame
+
+    a, _ = trio.testing.memory_stream_pair()
+    ws = WebSocket(a, client=client)
+    payload = bytes(i % 251 for i in range(n))
+    frame, reference = ws.text_frame(payload), encode_frame(OP_TEXT, payload, mask=client)
+    assert len(frame) == len(reference)
+    head = len(reference) - n - (4 if client else 0)
+    assert frame[:head] == reference[:head]
+    assert (_xor(frame[head + 4 :], frame[head : head + 4]) if client else frame[head:]) == payload
+
+
+async def test_websocket_idle_is_nothing_pending_and_not_sending():
+    """``idle`` (tested before every order sent, and by the server before every write) is
+    ``not pending_bytes and not sending`` while bytes are queued, flushing and written."""
+    from engine.ws import WebSocket
+
+    a, b = trio.testing.lockstep_stream_pair()  # send_all waits for the peer's read
+    ws = WebSocket(a, client=True)
+
+    def agrees() -> bool:
+        assert ws.idle is (not ws.pending_bytes and not ws.sending)
+        return ws.idle
+
+    assert agrees()
+    ws.write_nowait(b"abc")  # not a socket: queued for flush
+    assert not agrees()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.sending and not agrees()  # flushing, peer not reading yet
+        assert await b.receive_some() == b"abc"
+    assert agrees()

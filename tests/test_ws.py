@@ -495,3 +495,56 @@ async def test_our_client_over_a_memory_stream_uses_the_generic_path():
         assert not ws.write_nowait(ws.frame("queued"))  # no socket: waits for flush
         await ws.flush()
         assert await ws.receive() == "queued"
+
+
+async def test_client_acks_what_it_read_before_idling_over_tcp():
+    """The client pushes the TCP ACK it owes (TCP_QUICKACK 2) when its reader goes idle
+    after reading, once per idle; the server never does (bench latency: the owed ACK would
+    otherwise go out inside the exchange's next write)."""
+    import socket
+
+    from engine.ws import _QUICKACK
+
+    if _QUICKACK is None:
+        pytest.skip("TCP_QUICKACK is Linux only")
+    calls: list[tuple[str, tuple[int, int, int]]] = []
+    got = trio.Event()
+
+    def spy(role: str, sock: Any) -> None:
+        real = sock.setsockopt
+
+        def setsockopt(*args: Any) -> Any:
+            if args[:2] == (socket.IPPROTO_TCP, _QUICKACK):
+                calls.append((role, args))
+            return real(*args)
+
+        sock.setsockopt = setsockopt
+
+    async def serve(stream: Any) -> None:
+        spy("server", stream.socket)
+        ws = await (await accept_request(stream)).accept()
+        await ws.send("one")
+        await ws.send("two")
+        await got.wait()
+        await ws.send("three")
+        assert await ws.receive() == "bye"
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, serve, listeners)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        spy("client", stream.socket)
+        ws = await connect(stream, "127.0.0.1")
+        assert calls == []  # the handshake is not the reader
+        assert [await ws.receive(), await ws.receive()] == ["one", "two"]
+        got.set()
+        assert await ws.receive() == "three"  # it waited at least once after reading
+        assert calls and {role for role, _ in calls} == {"client"}
+        assert all(args[2] == 2 for _, args in calls)
+        n = len(calls)
+        nursery.start_soon(ws.receive)  # idles after reading "three": one ACK, then it waits
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(calls) == n + 1
+        await ws.send("bye")
+        nursery.cancel_scope.cancel()

@@ -196,7 +196,9 @@ class NoticeQueue:
     def _append(self, event: Event, kind: int) -> _Slot:
         slot = _Slot(event, kind)
         self._slots.append(slot)
-        if self._lot and not self._deferred:  # only when a receiver is parked: once per frame
+        # Only when a receiver is parked: once per frame.  _deferred first: an inline consumer
+        # defers, and ParkingLot.__bool__ is a Python call.
+        if not self._deferred and self._lot:
             self._lot.unpark()
         return slot
 
@@ -272,7 +274,10 @@ class NoticeQueue:
                 self._gaps[book] = self._append(FeedGap(session, book[0], book[1]), _MARKER)
                 self._gap_count += 1
             return True
-        self._append(event, _PUBLIC)
+        # _append, inline (a book notice of another user: the hot path of a tick).
+        self._slots.append(_Slot(event, _PUBLIC))
+        if not self._deferred and self._lot:
+            self._lot.unpark()
         self._public += 1
         self._peak_public = max(self._peak_public, self._public)
         return True

@@ -71,7 +71,7 @@ from engine.errors import ConfigError, HandshakeFailed, WebSocketClosed
 from engine.protocol.auth import NONCE_BYTES, b64_nonce
 from engine.protocol.codec import CODEC, BadCommand
 from engine.protocol.messages import Command, Notice, Reply, Welcome
-from engine.ws import OP_TEXT, WebSocket, accept_request, encode_frame
+from engine.ws import WebSocket, accept_request, text_frame
 
 if TYPE_CHECKING:
     from engine.exchange.core import Exchange, Session
@@ -264,7 +264,7 @@ class _NoticeText:
         # one type, so their text is the same); a Python loop of 8 tests cost ~1.5 µs a miss.
         if notice in objs:
             return self._texts[objs.index(notice)]
-        frame = _frame(CODEC.encode(notice))
+        frame = text_frame(CODEC.encode(notice), mask=False)
         i = self._i
         objs[i] = notice
         self._texts[i] = frame
@@ -273,7 +273,7 @@ class _NoticeText:
 
 
 def _frame(utf8: bytes) -> bytes:
-    return encode_frame(OP_TEXT, utf8, mask=False)
+    return text_frame(utf8, mask=False)
 
 
 class ExchangeServer:
@@ -498,7 +498,7 @@ class _Connection:
 
     def _write(self, frame: bytes, count: int = 1) -> None:
         outbox, ws = self.outbox, self.ws
-        if not outbox and not ws.pending_bytes and not ws.sending and self.session is not None:
+        if not outbox._frames and ws.idle and self.session is not None:
             # Nothing ahead of it: straight to the socket, no task switch.
             try:
                 if not ws.write_nowait(frame):

@@ -168,7 +168,8 @@ class Codec:
 
     def decode_server_frame(self, data: bytes | str) -> Notice | ReplyFrame:
         """Decode anything the exchange sends: a notice, or the routable head of a reply."""
-        self._check_size(data)
+        if len(data) > self.max_frame:  # _check_size, inline: this runs for every frame received
+            self._check_size(data)
         try:
             return self._notice_decoder.decode(data)  # type: ignore[no-any-return]
         except msgspec.ValidationError as e:

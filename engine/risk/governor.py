@@ -48,7 +48,7 @@ from engine.risk.checks import Refusal, pre_trade, safe_repr, token_cost
 from engine.risk.model import MarketView, RiskLimits, TradingState, UserRiskLimits
 from engine.risk.statefile import StateRecord, load_states, save_states
 from engine.scale import DEFAULT, Market, Scales
-from engine.strategy import CancelAll, Denial, Side
+from engine.strategy import Cancel, CancelAll, Denial, PlaceLimit, PlaceMarket, Side
 
 __all__ = ["RiskGovernor", "RiskStatistics", "StrategyRiskStatistics"]
 
@@ -327,14 +327,16 @@ class RiskGovernor:
         return Denial(intent, refusal.reason, refusal.rule)  # type: ignore[arg-type]  # any object may be judged
 
     def _spend(self, s: _Strategy, intent: object, view: MarketView, now: float) -> Refusal | None:
-        cost = token_cost(intent, view)
+        t = type(intent)
+        cost = 1 if t is PlaceLimit or t is PlaceMarket or t is Cancel else token_cost(intent, view)
         user = self._user_limiter
         own = s.limiter
         if (type(intent) is not CancelAll and cost <= own.limit.count and cost <= user.limit.count
-                and user.headroom(now) >= cost and own.try_acquire(now, cost) == 0.0):
+                and user.headroom(now) >= cost and own.take(now, cost)):
             # The common case, decided without building the refusal texts below (a limiter
             # that cannot grant takes nothing, so a refusal falls through to them intact).
-            user.try_acquire(now, cost)
+            # The user budget was just found to have room at this ``now``: it grants.
+            user.take(now, cost)
             return None
         if isinstance(intent, CancelAll):
             n = min(cost, s.limiter.headroom(now), user.headroom(now))
