@@ -516,7 +516,19 @@ class ReplayOptions:
     -- what :class:`backtests.fast.FastReplay` does (it re-trades none), hence the setting
     to compare the two paths fill by fill."""
 
+    recorded_fees: str = "first_tier"
+    """What fee tier the stand-ins for the recorded users pay.  ``"first_tier"``: the tier of
+    a user with no 30-day volume -- their replayed trades do not count as volume, since each
+    stands for many participants, each with a volume of its own (a fresh local exchange's
+    participants, the ones ``cftrade diff`` records, pay that tier until one of them trades
+    the next tier's volume: 100 XBT in the demo schedule, about two hours of the simulated
+    market).  ``"volume"``: they are two users whose volume is all the recorded volume, so
+    they reach higher tiers far sooner than any participant did (pay the participants' fees
+    only while everyone is in one tier)."""
+
     def __post_init__(self) -> None:
+        if self.recorded_fees not in ("first_tier", "volume"):
+            raise ConfigError(f"recorded_fees must be 'first_tier' or 'volume', was {self.recorded_fees!r}")
         if self.rounding not in (None, "shared", "strategy"):
             raise ConfigError(f"rounding must be 'shared' or 'strategy', was {self.rounding!r}")
         for name in ("order_latency_us", "feed_latency_us"):
@@ -594,6 +606,8 @@ class Replay:
         self.rounding = opts.rounding or self.DEFAULT_ROUNDING
         if self.rounding == "strategy":
             self._split_rounding()
+        if opts.recorded_fees == "first_tier":
+            self._no_recorded_volume()
         self._m_sess = ex.open_internal_session(self.maker_uid, None)
         self._t_sess = ex.open_internal_session(self.taker_uid, None)
         self._s_sess: Any = None
@@ -642,6 +656,18 @@ class Replay:
             return trade(book, buyer, seller, *args)
 
         ex._trade = _trade  # type: ignore[method-assign,assignment]
+
+    def _no_recorded_volume(self) -> None:
+        """ReplayOptions.recorded_fees == "first_tier": the stand-ins' trades are not volume."""
+        ex = self.exchange
+        add = ex._add_volume
+        skip = {self.maker_uid, self.taker_uid}
+
+        def _add_volume(acct: Any, *args: Any) -> None:
+            if acct.user_id not in skip:
+                add(acct, *args)
+
+        ex._add_volume = _add_volume  # type: ignore[method-assign,assignment]
 
     # -- clocks --------------------------------------------------------------------------
 
