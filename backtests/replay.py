@@ -105,6 +105,7 @@ import numpy as np
 from backtests.result import MARK_DTYPE, BacktestResult, FillRecord, final_hash
 from engine.config import RunConfig, load_run_config
 from engine.errors import ConfigError, RemoteProtocolError
+from engine.exchange.rounding import PPM
 from engine.limits import DEFAULT_LIMITS, make_limiter
 from engine.protocol.codec import CODEC, ReplyFrame
 from engine.protocol.messages import (
@@ -668,6 +669,80 @@ class Replay:
                 add(acct, *args)
 
         ex._add_volume = _add_volume  # type: ignore[method-assign,assignment]
+
+    def _emulate_shared_rounding(self, times: np.ndarray) -> None:
+        """``rounding="shared"`` for a path that re-trades no recorded flow (the fast path):
+        before each trade in the core, the one rounding stream is advanced by the draws the
+        exact path's re-trades of the recorded trades since the last one would have made, so
+        the strategy's trades draw from the place in the stream they draw from live.
+
+        A recorded trade among recorded users (not ours, in a traded market) is, in the exact
+        path, a stand-in taker (``T``, the later order id) trading with a copy of the recorded
+        maker (``M``): its total draws if ``quantity * price`` has a fraction, then the
+        buyer's fee, then the seller's, each if it has one, at the fee rates ``M`` and ``T``
+        pay (ReplayOptions.recorded_fees).  Rows up to the current one are due: the row
+        being walked (``_interact``) is due only if none of its flow reached the core, whose
+        trades then stand for it (as the exact path's taker trades with our order instead).
+        ``times``: the recorded receive time of each row (arrivals see every row up to now)."""
+        ex = self.exchange
+        ev = self.data.events
+        mine = np.isin(self.data.market, np.fromiter(self._mi, dtype=np.int64)) if self._mi else np.zeros(len(ev), bool)
+        sel = (ev["kind"] == EV_MATCH) & mine & ((ev["flags"] & (EVF_OWN | EVF_OWN_ASK)) == 0)
+        rows = np.flatnonzero(sel)
+        flags = ev["flags"][rows]
+        has_ask = (flags & EVF_HAS_ASK) != 0
+        taker_buy = ~has_ask | (((flags & EVF_HAS_BID) != 0) & (ev["id"][rows] > ev["ask_id"][rows]))
+        books = {i: ex._books[m.codes] for i, m in self._mi.items()}
+        todo = list(zip(rows.tolist(), self.data.market[rows].tolist(), ev["quantity"][rows].tolist(),
+                        ev["price"][rows].tolist(), taker_buy.tolist(), strict=True))
+        maker, taker = ex._accounts[self.maker_uid], ex._accounts[self.taker_uid]
+        state = {"next": 0, "row": -1, "in_row": False, "traded": False}
+        trade = ex._trade
+
+        def catch_up(upto: int) -> None:
+            """Draw for the due rows before ``upto`` (a row index, exclusive)."""
+            k = state["next"]
+            below = ex._below
+            while k < len(todo) and todo[k][0] < upto:
+                _, mi, x, p, buy = todo[k]
+                k += 1
+                book = books[mi]
+                ppm_m = ex._fee_ppm(maker, book, True)
+                ppm_t = ex._fee_ppm(taker, book, False)
+                ppm_b, ppm_a = (ppm_t, ppm_m) if buy else (ppm_m, ppm_t)
+                t, r = divmod(x * p * book.mul, book.den)
+                if r and below(book.den) < r:
+                    t += 1
+                for ppm in (ppm_b, ppm_a):
+                    if (t * ppm) % PPM:
+                        below(PPM)
+                ex._add_volume(maker, book, x, t, self.now_us)
+                ex._add_volume(taker, book, x, t, self.now_us)
+            state["next"] = k
+
+        def _trade(*args: Any) -> int:
+            if state["in_row"]:
+                catch_up(state["row"])
+                state["traded"] = True
+            else:
+                catch_up(int(np.searchsorted(times, self.now_us, side="right")))
+            return trade(*args)
+
+        ex._trade = _trade  # type: ignore[method-assign,assignment]
+        interact = getattr(self, "_interact")  # noqa: B009 - FastReplay's, wrapped on the instance
+
+        def _interact(i: int, market: Market) -> None:
+            state["row"], state["in_row"], state["traded"] = i, True, False
+            try:
+                interact(i, market)
+            finally:
+                state["in_row"] = False
+                if state["traded"]:  # the core's trades stood for this row
+                    catch_up(i)
+                    if state["next"] < len(todo) and todo[state["next"]][0] == i:
+                        state["next"] += 1
+
+        setattr(self, "_interact", _interact)  # noqa: B010
 
     # -- clocks --------------------------------------------------------------------------
 

@@ -213,3 +213,32 @@ async def test_recorded_users_pay_the_participants_tier_not_the_aggregate_one(mm
     worse = diff_fills(live.fills, result_v.fills, market=XBT_GBP, mark=last_mid(live.messages, XBT_GBP))
     print(format_report(worse))
     assert worse.total_diffs > 0 or worse.matched < worse.live_fills
+
+
+@pytest.mark.parametrize("name", ["market_maker", "mean_reversion"])
+async def test_s2_fast_path_draws_where_the_live_trades_drew(name, autojump_clock):
+    # The fast path re-trades no recorded flow, yet live every recorded trade drew from the
+    # exchange's one rounding stream before ours did.  With rounding="shared" it advances
+    # the stream by those draws before each trade of ours: the live totals and fees come
+    # back to the unit.  With its own stream ("strategy") they do not, and the strategy,
+    # which reacts to its balances and dust remainders, takes another path.
+    from backtests.fast import FastReplay
+
+    cfg = load_run_config(str(ROOT / "configs" / f"{name}.yaml"), resolve_secrets=False)
+    live = await run_live_async(cfg, 600)
+    mark = last_mid(live.messages, XBT_GBP)
+
+    def fast(rounding: str) -> tuple[FastReplay, BacktestResult]:
+        r = FastReplay(cfg, live.data, ReplayOptions(seed=cfg.run.seed, end_us=live.stopped_us, rounding=rounding))
+        return r, r.run()
+
+    rep, shared = fast("shared")
+    report = diff_fills(live.fills, shared.fills, market=XBT_GBP, mark=mark)
+    print(format_report(report))
+    assert report.live_fills >= 10
+    assert report.matched == report.live_fills == report.backtest_fills
+    assert report.total_diffs == 0 and report.pnl_diff == 0
+    assert intent_sequence(rep.core) == live.intents
+    _, own = fast("strategy")
+    other = diff_fills(live.fills, own.fills, market=XBT_GBP, mark=mark)
+    assert other.total_diffs > 0 and other.pnl_diff != 0
