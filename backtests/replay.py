@@ -63,11 +63,14 @@ mean-reversion strategies over 10 virtual minutes, and over an hour with one fee
 
 **What cannot be reproduced** (the residue a parity diff shows): every trade of the
 exchange draws from one stochastic-rounding stream, so trades the recording does not hold
-(other markets' participants) or a different fee rate for the recorded users (they stand
-for many participants, each with its own 30-day-volume tier) shift the draws: totals and
-fees move by a unit, a bid's dust remainder appears or not, and a strategy that reacts to
-the intermediate book states of one command takes another path (an hour of the market
-maker with the two-tier demo schedule: 59 % of fills reproduced, PnL within 0.8 %).  Flow
+(other markets' participants) or a different fee rate for the recorded users shift the
+draws: totals and fees move by a unit, a bid's dust remainder appears or not, and a
+strategy that reacts to the intermediate book states of one command takes another path.
+The recorded users' stand-ins pay the first fee tier (``ReplayOptions.recorded_fees``:
+each stands for many participants, each with its own 30-day volume), which is what a
+fresh local exchange's participants pay until one of them trades 100 XBT: the demo market
+maker is reproduced to the unit for an hour; at two hours the simulated takers cross that
+tier (at ~3760 s) and the replay forks there (58 % of fills, PnL within 0.7 %).  Flow
 that took our order in the replay was, live, taken by the recorded maker behind it, whose
 replayed copy then holds more than the recording says until the recording closes it;
 participants who reacted to our quotes live are replayed as recorded.
