@@ -51,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the simulated participants of markets the config does not trade (their trades share "
                         "the rounding stream, so the replay's rounding draws will differ)")
     p.add_argument("--fast", action="store_true", help="backtest with the fast replay (backtests/fast.py)")
-    p.add_argument("--rounding", choices=["shared", "strategy"],
-                   help="the backtest's stochastic-rounding streams (default: shared; --fast: strategy)")
+    p.add_argument("--rounding", choices=["shared", "strategy"], default="shared",
+                   help="the backtest's stochastic-rounding streams (default: shared, as the live exchange; the fast "
+                        "path emulates the draws of the recorded trades it does not re-trade)")
+    p.add_argument("--recorded-fees", choices=["first_tier", "volume"], default="first_tier",
+                   help="fee tier of the recorded users' stand-ins (default: first_tier; see ReplayOptions)")
     p.add_argument("--check", action="store_true", help="exit 1 unless >= 95 %% reproduced and PnL within 2 %%")
     return p
 
@@ -102,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             from backtests.fast import FastReplay
 
             cls = FastReplay
-        replay = cls(config, data, ReplayOptions(seed=config.run.seed, end_us=end_us, rounding=args.rounding),
+        replay = cls(config, data, ReplayOptions(seed=config.run.seed, end_us=end_us, rounding=args.rounding,
+                                                 recorded_fees=args.recorded_fees),
                      config_path=args.config)
         result = replay.run()
     except CoinfloorError as e:

@@ -32,8 +32,11 @@ strategy's fills depend on and drops the rest:
 **What differs from the exact path** (tests/test_replay_fast.py pins the rest as equal).
 
 1. *Rounding.*  Only the strategy's trades are made in the core, so only they draw from
-   the stochastic-rounding stream: this path is the exact path with
-   ``ReplayOptions(rounding="strategy")`` (the default ``"shared"`` it refuses).  With
+   the stochastic-rounding stream: by default this path is the exact path with
+   ``ReplayOptions(rounding="strategy")``.  With ``"shared"`` (``cftrade diff``'s default)
+   the stream is advanced, before each trade in the core, by the draws the exact path's
+   re-trades of the recorded trades since the last one would have made
+   (``Replay._emulate_shared_rounding``), so a live run's totals and fees are reproduced.  With
    that setting and recorded users who pay what the replay charges them (one fee tier,
    maker fee 0: the cross-check's set-up), the two paths give the same fills -- price,
    quantity, time, side, total, fee -- and the same ``final_hash`` for the four shipped
@@ -57,7 +60,7 @@ strategy's fills depend on and drops the rest:
 4. *Refused* (ConfigError, never a silent difference): a feed latency > 0 (notices reach
    the strategy as soon as the exchange produced them, after the recorded events of that
    microsecond, as the exact path with feed latency 0 does); tickers (a strategy that
-   overrides ``on_ticker``, or ``tickers=True``); ``rounding="shared"``.
+   overrides ``on_ticker``, or ``tickers=True``).
 
 **Speed** (BENCHMARKS.md "Replay"): the per-event path -- no order of ours reached, no
 ``on_book`` due -- is :func:`backtests.fast_kernels.k_scan`, about 0.13 us per event;
@@ -96,6 +99,7 @@ from backtests.replay import (
 from backtests.result import BacktestResult
 from engine.config import RunConfig
 from engine.errors import ConfigError
+from engine.exchange.rounding import PPM
 from engine.protocol.messages import (
     UNSET,
     CancelOrder,
@@ -145,9 +149,8 @@ class FastReplay(Replay):
         if self._tickers:
             raise ConfigError("the fast replay builds no tickers (a strategy overrides on_ticker, or tickers=True); "
                               "use the exact replay")
-        if opts.rounding == "shared":
-            raise ConfigError("the fast replay re-trades no recorded flow, so the strategy's trades draw from their "
-                              "own rounding stream (rounding='strategy'); use the exact replay for 'shared'")
+        if self.rounding == "shared":  # replay.py: the draws of the exact path's re-trades, emulated
+            self._emulate_shared_rounding(data.events["recv_time"])
         self.exchange._next_id = OWN_ID_BASE
         # traded markets get a small index; rows of other markets are -1 (skipped)
         self._kmarkets: list[Market] = []
@@ -266,6 +269,13 @@ class FastReplay(Replay):
                 left -= self._core_take(market, taker_buy, price if limit_order else p, x, limit_order)
                 continue
             x = min(left, rem)
+            if not taker_buy and self._bid_cap(market, rem, p) <= 0:
+                # a recorded bid pays for a fill and its fee out of what it reserves (exactly
+                # its remaining value): one that cannot pay for a unit is dust, which the core
+                # closes and passes over (live, its OrderClosed came first; here it may be
+                # waiting for the end of the instant: ours took from it, see _close_deferred)
+                self._notice(OrderClosed(id=oid, base=base, counter=counter, quantity=rem, price=p))
+                continue
             left -= x
             after = rem - x
             if recorded is not None and recorded[0] == oid:
@@ -294,6 +304,16 @@ class FastReplay(Replay):
                 self._held[recorded[0]] = (market, not taker_buy, v.price)
                 self._set_taken()
         return left
+
+    def _bid_cap(self, market: Market, rem: int, price: int) -> int:
+        """What a recorded bid of ``rem`` at ``price`` can buy as a maker: the core's cap (its
+        reservation, ``ceil(rem * price)``, less the maker fee of the recorded users' stand-in)."""
+        ex = self.exchange
+        book = ex._books[market.codes]
+        mul, den = book.mul, book.den
+        reserved = -((-rem * price * mul) // den)
+        ppm = ex._fee_ppm(ex._accounts[self.maker_uid], book, True)
+        return ((reserved * PPM) // (PPM + ppm) * den) // (price * mul)
 
     def _core_take(self, market: Market, taker_buy: bool, price: int, x: int, limit_buy: bool = False) -> int:
         """A stand-in taker trades ``x`` with our best order on the other side, in the core:

@@ -107,6 +107,8 @@ class LiveRun:
     stopped_us: int | None = None
     intents: list[tuple[Any, ...]] = field(default_factory=list)
     """:func:`intent_sequence` of the live core."""
+    exchange: Any = None
+    """The live run's embedded exchange (engine.exchange.core.Exchange), as it ended."""
 
     @property
     def data(self) -> ReplayData:
@@ -156,7 +158,8 @@ async def run_live_async(config: RunConfig, duration: float, *, state_dir: str |
     core = runner.core
     assert core is not None
     fills = [FillRecord(name, f.ref, int(f.side), f.price, f.quantity, f.total, f.fee, f.time) for name, f in core.fills]
-    return LiveRun(fills, result.summary, runner.messages, config, runner.stopped_us, intent_sequence(core))
+    return LiveRun(fills, result.summary, runner.messages, config, runner.stopped_us, intent_sequence(core),
+                   runner.exchange)
 
 
 def intent_sequence(core: TradingCore) -> list[tuple[Any, ...]]:

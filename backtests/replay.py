@@ -63,11 +63,14 @@ mean-reversion strategies over 10 virtual minutes, and over an hour with one fee
 
 **What cannot be reproduced** (the residue a parity diff shows): every trade of the
 exchange draws from one stochastic-rounding stream, so trades the recording does not hold
-(other markets' participants) or a different fee rate for the recorded users (they stand
-for many participants, each with its own 30-day-volume tier) shift the draws: totals and
-fees move by a unit, a bid's dust remainder appears or not, and a strategy that reacts to
-the intermediate book states of one command takes another path (an hour of the market
-maker with the two-tier demo schedule: 59 % of fills reproduced, PnL within 0.8 %).  Flow
+(other markets' participants) or a different fee rate for the recorded users shift the
+draws: totals and fees move by a unit, a bid's dust remainder appears or not, and a
+strategy that reacts to the intermediate book states of one command takes another path.
+The recorded users' stand-ins pay the first fee tier (``ReplayOptions.recorded_fees``:
+each stands for many participants, each with its own 30-day volume), which is what a
+fresh local exchange's participants pay until one of them trades 100 XBT: the demo market
+maker is reproduced to the unit for an hour; at two hours the simulated takers cross that
+tier (at ~3760 s) and the replay forks there (58 % of fills, PnL within 0.7 %).  Flow
 that took our order in the replay was, live, taken by the recorded maker behind it, whose
 replayed copy then holds more than the recording says until the recording closes it;
 participants who reacted to our quotes live are replayed as recorded.
@@ -105,6 +108,7 @@ import numpy as np
 from backtests.result import MARK_DTYPE, BacktestResult, FillRecord, final_hash
 from engine.config import RunConfig, load_run_config
 from engine.errors import ConfigError, RemoteProtocolError
+from engine.exchange.rounding import PPM
 from engine.limits import DEFAULT_LIMITS, make_limiter
 from engine.protocol.codec import CODEC, ReplyFrame
 from engine.protocol.messages import (
@@ -516,7 +520,19 @@ class ReplayOptions:
     -- what :class:`backtests.fast.FastReplay` does (it re-trades none), hence the setting
     to compare the two paths fill by fill."""
 
+    recorded_fees: str = "first_tier"
+    """What fee tier the stand-ins for the recorded users pay.  ``"first_tier"``: the tier of
+    a user with no 30-day volume -- their replayed trades do not count as volume, since each
+    stands for many participants, each with a volume of its own (a fresh local exchange's
+    participants, the ones ``cftrade diff`` records, pay that tier until one of them trades
+    the next tier's volume: 100 XBT in the demo schedule, about two hours of the simulated
+    market).  ``"volume"``: they are two users whose volume is all the recorded volume, so
+    they reach higher tiers far sooner than any participant did (pay the participants' fees
+    only while everyone is in one tier)."""
+
     def __post_init__(self) -> None:
+        if self.recorded_fees not in ("first_tier", "volume"):
+            raise ConfigError(f"recorded_fees must be 'first_tier' or 'volume', was {self.recorded_fees!r}")
         if self.rounding not in (None, "shared", "strategy"):
             raise ConfigError(f"rounding must be 'shared' or 'strategy', was {self.rounding!r}")
         for name in ("order_latency_us", "feed_latency_us"):
@@ -594,6 +610,8 @@ class Replay:
         self.rounding = opts.rounding or self.DEFAULT_ROUNDING
         if self.rounding == "strategy":
             self._split_rounding()
+        if opts.recorded_fees == "first_tier":
+            self._no_recorded_volume()
         self._m_sess = ex.open_internal_session(self.maker_uid, None)
         self._t_sess = ex.open_internal_session(self.taker_uid, None)
         self._s_sess: Any = None
@@ -642,6 +660,92 @@ class Replay:
             return trade(book, buyer, seller, *args)
 
         ex._trade = _trade  # type: ignore[method-assign,assignment]
+
+    def _no_recorded_volume(self) -> None:
+        """ReplayOptions.recorded_fees == "first_tier": the stand-ins' trades are not volume."""
+        ex = self.exchange
+        add = ex._add_volume
+        skip = {self.maker_uid, self.taker_uid}
+
+        def _add_volume(acct: Any, *args: Any) -> None:
+            if acct.user_id not in skip:
+                add(acct, *args)
+
+        ex._add_volume = _add_volume  # type: ignore[method-assign,assignment]
+
+    def _emulate_shared_rounding(self, times: np.ndarray) -> None:
+        """``rounding="shared"`` for a path that re-trades no recorded flow (the fast path):
+        before each trade in the core, the one rounding stream is advanced by the draws the
+        exact path's re-trades of the recorded trades since the last one would have made, so
+        the strategy's trades draw from the place in the stream they draw from live.
+
+        A recorded trade among recorded users (not ours, in a traded market) is, in the exact
+        path, a stand-in taker (``T``, the later order id) trading with a copy of the recorded
+        maker (``M``): its total draws if ``quantity * price`` has a fraction, then the
+        buyer's fee, then the seller's, each if it has one, at the fee rates ``M`` and ``T``
+        pay (ReplayOptions.recorded_fees).  Rows up to the current one are due: the row
+        being walked (``_interact``) is due only if none of its flow reached the core, whose
+        trades then stand for it (as the exact path's taker trades with our order instead).
+        ``times``: the recorded receive time of each row (arrivals see every row up to now)."""
+        ex = self.exchange
+        ev = self.data.events
+        mine = np.isin(self.data.market, np.fromiter(self._mi, dtype=np.int64)) if self._mi else np.zeros(len(ev), bool)
+        sel = (ev["kind"] == EV_MATCH) & mine & ((ev["flags"] & (EVF_OWN | EVF_OWN_ASK)) == 0)
+        rows = np.flatnonzero(sel)
+        flags = ev["flags"][rows]
+        has_ask = (flags & EVF_HAS_ASK) != 0
+        taker_buy = ~has_ask | (((flags & EVF_HAS_BID) != 0) & (ev["id"][rows] > ev["ask_id"][rows]))
+        books = {i: ex._books[m.codes] for i, m in self._mi.items()}
+        todo = list(zip(rows.tolist(), self.data.market[rows].tolist(), ev["quantity"][rows].tolist(),
+                        ev["price"][rows].tolist(), taker_buy.tolist(), strict=True))
+        maker, taker = ex._accounts[self.maker_uid], ex._accounts[self.taker_uid]
+        state = {"next": 0, "row": -1, "in_row": False, "traded": False}
+        trade = ex._trade
+
+        def catch_up(upto: int) -> None:
+            """Draw for the due rows before ``upto`` (a row index, exclusive)."""
+            k = state["next"]
+            below = ex._below
+            while k < len(todo) and todo[k][0] < upto:
+                _, mi, x, p, buy = todo[k]
+                k += 1
+                book = books[mi]
+                ppm_m = ex._fee_ppm(maker, book, True)
+                ppm_t = ex._fee_ppm(taker, book, False)
+                ppm_b, ppm_a = (ppm_t, ppm_m) if buy else (ppm_m, ppm_t)
+                t, r = divmod(x * p * book.mul, book.den)
+                if r and below(book.den) < r:
+                    t += 1
+                for ppm in (ppm_b, ppm_a):
+                    if (t * ppm) % PPM:
+                        below(PPM)
+                ex._add_volume(maker, book, x, t, self.now_us)
+                ex._add_volume(taker, book, x, t, self.now_us)
+            state["next"] = k
+
+        def _trade(*args: Any) -> int:
+            if state["in_row"]:
+                catch_up(state["row"])
+                state["traded"] = True
+            else:
+                catch_up(int(np.searchsorted(times, self.now_us, side="right")))
+            return trade(*args)
+
+        ex._trade = _trade  # type: ignore[method-assign,assignment]
+        interact = getattr(self, "_interact")  # noqa: B009 - FastReplay's, wrapped on the instance
+
+        def _interact(i: int, market: Market) -> None:
+            state["row"], state["in_row"], state["traded"] = i, True, False
+            try:
+                interact(i, market)
+            finally:
+                state["in_row"] = False
+                if state["traded"]:  # the core's trades stood for this row
+                    catch_up(i)
+                    if state["next"] < len(todo) and todo[state["next"]][0] == i:
+                        state["next"] += 1
+
+        setattr(self, "_interact", _interact)  # noqa: B010
 
     # -- clocks --------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from backtests.parity import (
     write_recording,
 )
 from backtests.replay import Replay, ReplayOptions, load_recording, recorded_messages
+from backtests.result import BacktestResult
 from engine.config import load_run_config
 from engine.scale import XBT_GBP
 
@@ -157,3 +158,87 @@ async def test_s2_parity_holds_with_conflated_on_book(autojump_clock):
                    ReplayOptions(seed=cfg.run.seed, end_us=live.stopped_us))
     plain.run()
     assert hooks < plain.core.slots[spec.name].stats.hooks  # fewer hook calls: it conflated
+
+
+def _tiered_exchange(tmp_path: Path, second_tier_xbt: str) -> Path:
+    """The demo exchange YAML with its second fee tier (maker fee 0) at ``second_tier_xbt``."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "configs" / "exchange.yaml").read_text())
+    assert data["fees"][1]["maker_ppm"] == 0 and data["fees"][0]["maker_ppm"] > 0
+    data["fees"][1]["min_volume"] = second_tier_xbt
+    path = tmp_path / "exchange.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+async def test_recorded_users_pay_the_participants_tier_not_the_aggregate_one(mm_config, tmp_path, autojump_clock):
+    # The stand-ins for the recorded users trade all the recorded volume.  If that counted
+    # as their 30-day volume they would reach the maker-fee-0 tier long before any of the
+    # participants they stand for: their maker fee then draws nothing from the one
+    # rounding stream, every later total and fee of ours is drawn from another place in it,
+    # and the strategy's path forks (an hour of the demo market maker: 60 % of fills).
+    # Here the second tier is set between the largest participant volume and the total.
+    import msgspec
+
+    from backtests.replay import STRATEGY_USER_ID
+    from engine.protocol.messages import UNSET, OrdersMatched
+
+    xcfg = _tiered_exchange(tmp_path, "12")
+    cfg = msgspec.structs.replace(mm_config, exchange=msgspec.structs.replace(mm_config.exchange, config=str(xcfg)))
+    live = await run_live_async(cfg, 300)
+    ex = live.exchange
+    base = XBT_GBP.base.code
+    tier2 = ex._books[XBT_GBP.codes].fee_tiers[0][0]  # highest tier first
+    participants = [ex._asset_volume(a, base) for uid, a in ex._accounts.items() if uid != STRATEGY_USER_ID]
+    recorded = sum(n.quantity for _, _, n in live.messages  # trades among participants only
+                   if type(n) is OrdersMatched and n.bid_tonce is UNSET and n.ask_tonce is UNSET)
+    assert max(participants) < tier2 <= recorded  # the premise: only the aggregate reaches it
+
+    def replay(**kw: str) -> tuple[Replay, BacktestResult]:
+        r = Replay(cfg, live.data, ReplayOptions(seed=cfg.run.seed, end_us=live.stopped_us, **kw))
+        return r, r.run()
+
+    rep, result = replay()  # the default: recorded_fees="first_tier"
+    report = diff_fills(live.fills, result.fills, market=XBT_GBP, mark=last_mid(live.messages, XBT_GBP))
+    assert report.matched == report.live_fills == report.backtest_fills >= 20
+    assert report.total_diffs == 0 and report.pnl_diff == 0
+    assert intent_sequence(rep.core) == live.intents
+    # the stand-ins stayed in the first tier (their trades are not volume) ...
+    assert all(ex_vol == 0 for ex_vol in (rep.exchange._asset_volume(rep.exchange._accounts[u], base)
+                                          for u in (rep.maker_uid, rep.taker_uid)))
+    # ... and counting them as volume puts them in the second tier, which live nobody reached
+    rep_v, result_v = replay(recorded_fees="volume")
+    assert rep_v.exchange._asset_volume(rep_v.exchange._accounts[rep_v.maker_uid], base) >= tier2
+    worse = diff_fills(live.fills, result_v.fills, market=XBT_GBP, mark=last_mid(live.messages, XBT_GBP))
+    print(format_report(worse))
+    assert worse.total_diffs > 0 or worse.matched < worse.live_fills
+
+
+@pytest.mark.parametrize("name", ["market_maker", "mean_reversion"])
+async def test_s2_fast_path_draws_where_the_live_trades_drew(name, autojump_clock):
+    # The fast path re-trades no recorded flow, yet live every recorded trade drew from the
+    # exchange's one rounding stream before ours did.  With rounding="shared" it advances
+    # the stream by those draws before each trade of ours: the live totals and fees come
+    # back to the unit.  With its own stream ("strategy") they do not, and the strategy,
+    # which reacts to its balances and dust remainders, takes another path.
+    from backtests.fast import FastReplay
+
+    cfg = load_run_config(str(ROOT / "configs" / f"{name}.yaml"), resolve_secrets=False)
+    live = await run_live_async(cfg, 600)
+    mark = last_mid(live.messages, XBT_GBP)
+
+    def fast(rounding: str) -> tuple[FastReplay, BacktestResult]:
+        r = FastReplay(cfg, live.data, ReplayOptions(seed=cfg.run.seed, end_us=live.stopped_us, rounding=rounding))
+        return r, r.run()
+
+    rep, shared = fast("shared")
+    report = diff_fills(live.fills, shared.fills, market=XBT_GBP, mark=mark)
+    print(format_report(report))
+    assert report.live_fills >= 10
+    assert report.matched == report.live_fills == report.backtest_fills
+    assert report.total_diffs == 0 and report.pnl_diff == 0
+    assert intent_sequence(rep.core) == live.intents
+    _, own = fast("strategy")
+    other = diff_fills(live.fills, own.fills, market=XBT_GBP, mark=mark)
+    assert other.total_diffs > 0 and other.pnl_diff != 0

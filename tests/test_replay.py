@@ -304,6 +304,42 @@ def test_own_orders_in_a_recording_are_not_market_flow(tmp_path):
     assert r.result.fills == []  # type: ignore[attr-defined]
 
 
+def test_recorded_flow_passes_over_a_dust_bid_to_ours(tmp_path):
+    # Our sell of 0.01 takes bid 14 at 30000.00 (the total and the maker fee are exact: no
+    # rounding draw).  The bid pays both out of what it reserved; what that leaves it can
+    # pay for is all it keeps, and that cannot pay for one unit plus its fee: it is dust.
+    # Live, the next sale closed it and went on to the next bid; the recorded close of 14
+    # waits for the end of that instant (ours took from 14 live).  The sale reaches our bid,
+    # behind the dust, in full: in the exact path the exchange core closes the dust bid,
+    # and the fast path's walk must do the same instead of selling it what it holds.
+    fee_ppm, taker_ppm = 100, 300  # configs/exchange.yaml's first tier (the stand-ins pay its maker fee)
+    price, q14, ours = 3_000_000, 1_000_120, 1_000_000
+
+    def value(q: int) -> int:  # what a bid of q at price reserves: ceil(q * price)
+        return -(-q * price // 10**8)
+
+    def can_buy(reserved: int) -> int:  # the core's cap: the largest x whose total and fee fit
+        return (reserved * 10**6 // (10**6 + fee_ppm)) * 10**8 // price
+
+    total, fee = ours * price // 10**8, ours * price // 10**8 * fee_ppm // 10**6
+    assert total * 10**8 == ours * price and fee * 10**6 == total * fee_ppm  # exact: no draw
+    assert can_buy(value(q14)) >= ours
+    rem = min(q14 - ours, (value(q14) - total - fee) * 10**8 // price)
+    assert rem > 0 and can_buy(value(rem)) == 0  # the premise: 14 keeps dust
+    t1, t2, sale = T0 + 10, T0 + 1_000_000, 500_000
+    rd = data(
+        (T0, opened(T0, 14, q14, price)),
+        (t1, matched(t1, ours, price, bid=14, ask=900, ask_tonce=77, bid_rem=rem, ask_rem=0)),
+        (t2, closed(14, rem, price)),
+        (t2, matched(t2, sale, 2_999_000, bid=10, bid_rem=1_000_000 - sale)),
+    )
+    r = replay(tmp_path, rd, [["sell", "30000.00", "0.01"], ["buy", "29992.00", "0.01"]])
+    fills = r.result.fills  # type: ignore[attr-defined]
+    assert [(f.side, f.price, f.quantity, f.total, f.fee) for f in fills if f.side < 0] == [(-1, price, ours, total, total * taker_ppm // 10**6)]
+    assert [(f.side, f.price, f.quantity, f.time_us) for f in fills if f.side > 0] == [(1, 2_999_200, sale, t2)]
+    assert all(lv[0] != price for lv in view_levels(r, BID))  # the dust bid is gone
+
+
 # -- exact charging --------------------------------------------------------------------------
 
 

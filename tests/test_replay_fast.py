@@ -41,6 +41,7 @@ test_order_at_a_new_better_price_fills_first = T.test_order_at_a_new_better_pric
 test_crossing_order_fills_against_the_recorded_book = T.test_crossing_order_fills_against_the_recorded_book
 test_recorded_limit_order_crossing_our_quote_trades_with_it = T.test_recorded_limit_order_crossing_our_quote_trades_with_it
 test_own_orders_in_a_recording_are_not_market_flow = T.test_own_orders_in_a_recording_are_not_market_flow
+test_recorded_flow_passes_over_a_dust_bid_to_ours = T.test_recorded_flow_passes_over_a_dust_bid_to_ours
 test_a_resnapshot_resynchronises_the_recorded_book = T.test_a_resnapshot_resynchronises_the_recorded_book
 test_a_stand_in_sell_never_shows_in_the_strategy_feed = T.test_a_stand_in_sell_never_shows_in_the_strategy_feed
 test_two_markets_two_strategies_and_window_event_count = T.test_two_markets_two_strategies_and_window_event_count
@@ -132,7 +133,6 @@ def _cfg(tmp_path: Path, cls: str = "tests.test_replay:Scripted") -> Path:
         ("tests.test_replay:Scripted", {"feed_latency_us": 1}, "feed_latency_us = 0 only"),
         ("tests.test_replay_fast:TickerWatcher", {}, "builds no tickers"),
         ("tests.test_replay:Scripted", {"tickers": True}, "builds no tickers"),
-        ("tests.test_replay:Scripted", {"rounding": "shared"}, "own rounding stream"),
     ],
 )
 def test_fast_path_refuses_what_it_cannot_do(tmp_path, cls, opts, why):
