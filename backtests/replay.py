@@ -563,6 +563,11 @@ class ReplayStats:
     cancels_sent: int = 0
     rate_waits: int = 0
     notices_to_strategy: int = 0
+    copies_set: int = 0
+    """Copies of recorded makers set to the recorded remaining after a re-sent trade."""
+    copies_emptied: int = 0
+    """... that the core had closed (dust) although the recording says they kept some."""
+    copies_unfunded: int = 0
 
 
 class Replay:
@@ -618,6 +623,9 @@ class Replay:
         self._rec2rep: dict[int, dict[int, int]] = {i: {} for i in self._mi}
         self._own_resting: set[int] = set()
         self._taken_by_us: set[int] = set()
+        self._held_copies: set[int] = set()
+        """Replay ids of copies of recorded orders that hold more than the recording says:
+        the strategy's order took flow that, live, went to them (see _take)."""
         self._deferred: list[int] = []
 
         self.core = self._build_core()
@@ -815,8 +823,14 @@ class Replay:
             self.stats.rejected += 1
             log.debug("recorded order %s not placed: %s", rec_id, r)
 
-    def _take(self, market: Market, buy: bool, price: int, quantity: int) -> None:
-        """Re-send recorded aggressive flow: ``quantity`` at ``price`` or better, never more."""
+    def _take(self, market: Market, buy: bool, price: int, quantity: int,
+              shadows: dict[int, int] | None = None, maker: tuple[int, int] | None = None) -> None:
+        """Re-send recorded aggressive flow: ``quantity`` at ``price`` or better, never more.
+
+        ``maker``: (recorded id, recorded remaining) of the trade's maker, whose copy is
+        ``shadows[id]``.  When the flow reaches that copy in full, the copy is left holding
+        what the recording says (:meth:`_follow`), not what the replay's fees and rounding
+        draws left it: live, the participant's order paid its own."""
         ex = self.exchange
         # Read-only look at the core's book: how much rests at or inside ``price``.  A
         # market buy for at most that much trades exactly it (the buyer's budget is huge;
@@ -844,22 +858,101 @@ class Replay:
         self.stats.flow_sent += 1
         self.stats.flow_quantity += x
         codes = market.codes
-        if buy:
-            ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=x))
-            return
-        # A sell is a limit order at the trade price: a resting bid may buy less than its
-        # quantity (its fee comes out of its reservation), so a remainder may be left; it
-        # must not rest, and the strategy must not see it (it never existed live).
         mark = len(self._to_strat)
-        r = ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=-x, price=price))
-        if type(r) is PlaceOrderReply:
-            if ex.open_orders(self.taker_uid):
-                self.stats.transient_rests += 1
-                ex.handle(self._t_sess, CancelOrder(id=r.id))  # type: ignore[arg-type]
-            # The strategy must not see this stand-in order open or close: live, the
-            # recorded taker was one order (or a market order) and its own OrderClosed, if
-            # any, is in the recording and is passed through (see _closed_unknown).
-            self._hide(mark, r.id)
+        copy = None
+        if maker is not None and shadows is not None and maker[1] >= 0:
+            rid = shadows.get(maker[0])
+            copy = ex._orders.get(rid) if rid is not None else None
+        if copy is not None:
+            # count what the copy trades in this command (a wrapper for its duration only)
+            got = [0]
+            trade = ex._trade
+            order = copy
+
+            def _trade(book: Any, buyer: Any, seller: Any, bid: Any, ask: Any, x: int, *rest: Any) -> int:
+                if bid is order or ask is order:
+                    got[0] += x
+                return trade(book, buyer, seller, bid, ask, x, *rest)
+
+            before = copy.quantity
+            if copy.is_bid:
+                # the live bid kept the recorded remaining after its fee and rounding; the
+                # copy's draws differ, so it must not lose a unit of quantity to them here
+                # (a bid that ends with no quantity is closed and cannot be put back):
+                # reserve 1 % of the trade's value more, the fill returns what it does not
+                # need, and _follow sets what the recording says
+                m = book.mul
+                ex.set_remaining(copy.id, before, (x * price * m) // (100 * book.den) + 3)
+            ex._trade = _trade  # type: ignore[method-assign,assignment]
+        try:
+            if buy:
+                ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=x))
+            else:
+                # A sell is a limit order at the trade price: a resting bid may buy less than
+                # its quantity (its fee comes out of its reservation), so a remainder may be
+                # left; it must not rest, and the strategy must not see it (it never existed
+                # live).
+                r = ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=-x, price=price))
+                if type(r) is PlaceOrderReply:
+                    if ex.open_orders(self.taker_uid):
+                        self.stats.transient_rests += 1
+                        ex.handle(self._t_sess, CancelOrder(id=r.id))  # type: ignore[arg-type]
+                    # The strategy must not see this stand-in order open or close: live, the
+                    # recorded taker was one order (or a market order) and its own
+                    # OrderClosed, if any, is in the recording and is passed through (see
+                    # _closed_unknown).
+                    self._hide(mark, r.id)
+        finally:
+            if copy is not None:
+                ex._trade = trade  # type: ignore[method-assign]
+        if copy is not None:
+            assert maker is not None
+            self._follow(copy, before, got[0], quantity, maker[1], mark)
+
+    def _follow(self, copy: Any, before: int, got: int, quantity: int, recorded: int, mark: int) -> None:
+        """After a re-sent recorded trade: the maker's ``copy`` (``before`` it traded, ``got``
+        of the recorded ``quantity``) holds the ``recorded`` remaining, as the fast path's
+        view does.  Its fee and the replay's rounding draws may have left it a few units
+        more or less (a bid's remaining is capped by what its reservation still buys), which
+        the next flow would pass on to the order behind it -- sometimes ours.  A copy the
+        replay already changed keeps what the replay left it: one that holds more because
+        the strategy's order took flow that, live, went to it ("held", until the recording
+        closes it), and one that the strategy's crossing order took part of (never raised
+        above what it holds, less what it just traded)."""
+        rid = copy.id
+        ex = self.exchange
+        resting = rid in ex._orders
+        if got == 0 and resting and copy.is_bid:
+            ex.set_remaining(rid, copy.quantity)  # untouched: back to O6's reservation
+        if got < quantity:
+            if resting:
+                self._held_copies.add(rid)
+            return
+        if rid in self._held_copies:
+            return
+        target = min(before - quantity, recorded)
+        now = copy.quantity if resting else 0
+        if now == target:
+            return
+        if now == 0:
+            self.stats.copies_emptied += 1  # closed by the core already: cannot be put back
+            return
+        if not ex.set_remaining(rid, target):
+            self.stats.copies_unfunded += 1
+            return
+        self.stats.copies_set += 1
+        # the strategy sees the trade leave the copy with what the recording says
+        q = self._to_strat
+        for j in range(len(q) - 1, mark - 1, -1):
+            item = q[j]
+            n = item[2]
+            if item[1] == _D_NOTICE and type(n) is OrdersMatched:
+                if copy.is_bid and n.bid == rid:
+                    q[j] = (item[0], item[1], msgspec.structs.replace(n, bid_rem=target), item[3])
+                    break
+                if not copy.is_bid and n.ask == rid:
+                    q[j] = (item[0], item[1], msgspec.structs.replace(n, ask_rem=target), item[3])
+                    break
 
     def _closed_unknown(self, market: Market, oid: int, quantity: int, price: int) -> None:
         """A recorded OrderClosed of an order that never rested in the recorded book (a taker
@@ -1056,6 +1149,8 @@ class Replay:
         c_price: list[int] = []
         c_qty: list[int] = []
         c_ask: list[int] = []
+        c_rem: list[int] = []
+        c_arem: list[int] = []
         c_mkt: list[int] = []
         base_i = 0
         while True:
@@ -1075,6 +1170,8 @@ class Replay:
                     c_price = part["price"].tolist()
                     c_qty = part["quantity"].tolist()
                     c_ask = part["ask_id"].tolist()
+                    c_rem = part["remaining"].tolist()
+                    c_arem = part["ask_remaining"].tolist()
                     c_mkt = data.market[i:chunk_end].tolist()
                 t_rec = c_t[i - base_i]
             else:
@@ -1127,6 +1224,8 @@ class Replay:
                             if self._s_sess is not None:
                                 self._closed_unknown(market, oid, c_qty[k], c_price[k])
                         else:
+                            if self._held_copies:
+                                self._held_copies.discard(rid)
                             if oid in taken:
                                 # Live, our own order took this one; ours may not have
                                 # arrived yet in the replay (it is sent in reaction to
@@ -1161,7 +1260,11 @@ class Replay:
                         continue
                     elif has_ask and ask_id in shadows:
                         continue
-                    self._take(market, taker_buy, c_price[k], c_qty[k])
+                    if taker_buy:
+                        maker = (ask_id, c_arem[k]) if has_ask else None
+                    else:
+                        maker = (oid, c_rem[k]) if has_bid else None
+                    self._take(market, taker_buy, c_price[k], c_qty[k], shadows, maker)
                 continue
             if self.stopped and min(t_s, t_x, t_t) > t_end + _SHUTDOWN_US:
                 break  # the runner's shutdown deadline

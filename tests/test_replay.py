@@ -194,15 +194,12 @@ def test_recorded_cancel_ahead_moves_us_up_the_queue(tmp_path):
     # 12 was ahead of us: it buys first, we take the rest.
     r = replay(tmp_path, rd, [["buy", "29990.00", "0.01"]])
     fills = r.result.fills  # type: ignore[attr-defined]
-    if exact(r):
-        # Its copy (user M) buys as much as its reservation pays with M's maker fee (100 ppm:
-        # the largest x with ceil(x*p) + fee <= ceil(0.01*p)) -- an artifact of the exact
-        # path, where the recorded users' copies pay the replay's fees.
-        reserved = -(-1_000_000 * 2_999_000 // 10**8)
-        twelve = (reserved * 10**6 // (10**6 + 100)) * 10**8 // 2_999_000
-        assert twelve == 999_899
-    else:
-        twelve = 1_000_000  # the fast path trades recorded orders for what the recording holds
+    # Both paths: 12 buys all it holds.  (The exact path's copy of 12, user M, pays the
+    # replay's maker fee out of its reservation, which alone would buy only the largest x
+    # with ceil(x*p) + fee <= ceil(0.01*p): it must not pass that difference on to us.)
+    reserved = -(-1_000_000 * 2_999_000 // 10**8)
+    assert (reserved * 10**6 // (10**6 + 100)) * 10**8 // 2_999_000 == 999_899
+    twelve = 1_000_000
     assert [(f.price, f.quantity, f.time_us) for f in fills] == [(2_999_000, 1_500_000 - twelve, t + 1)]
 
 
@@ -482,9 +479,10 @@ def test_a_resnapshot_resynchronises_the_recorded_book(tmp_path):
 
 
 def test_a_stand_in_sell_never_shows_in_the_strategy_feed(tmp_path):
-    # The recording says bid 10, the only bid, bought all 0.01; its stand-in pays the maker
-    # fee out of its reservation, so it takes 999 899 units and the stand-in sell has 101
-    # left, which must not rest: it is cancelled at once and the strategy never sees it.
+    # The recording says bid 10, the only bid, bought all 0.01.  Its copy pays the replay's
+    # maker fee out of its reservation, which alone would buy only 999 899 units and leave
+    # the stand-in sell 101 that cannot rest; the copy buys what the recording says (it is
+    # reserved enough for this fill), and the stand-in sell, filled, is never seen.
     t = T0 + 1_000_000
     snap = WatchOrdersReply(orders=[BookOrder(id=1, quantity=-1_000_000, price=3_001_000, time=T0 - 2),
                                     BookOrder(id=10, quantity=1_000_000, price=2_999_000, time=T0 - 1)])
@@ -505,10 +503,11 @@ def test_a_stand_in_sell_never_shows_in_the_strategy_feed(tmp_path):
     assert (view.best_bid, view.best_ask) == (None, 3_001_000)
     bids, asks = probe.exchange.book(B, C)
     if exact(probe):
-        assert probe.stats.transient_rests == 1
+        assert probe.stats.transient_rests == 0
         kinds = [type(n).__name__ for n in seen]
         assert kinds == ["OrdersMatched", "OrderClosed"]  # the trade, then bid 10's stand-in leaves
-        assert seen[1].quantity == 0
+        assert (seen[0].quantity, seen[0].bid_rem, seen[1].quantity) == (1_000_000, 0, 0)
+        probe.exchange.check_invariants()
         assert bids == [] and [o.price for o in asks] == [3_001_000]
     else:
         # the fast path applies recorded events to the view in compiled batches (no notices)
