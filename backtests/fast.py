@@ -265,8 +265,12 @@ class FastReplay(Replay):
             if own:
                 # a limit bid for all it has left: its reservation, hence what its fee
                 # leaves it to buy, is the one the exact path's order would have
+                # (a sell at our bid's own price: what our bid cannot buy of it -- its fee
+                # comes out of its reservation -- must not reach our next bid in the core,
+                # past recorded orders between them; it stays in ``left`` and walks on, as
+                # the exact path's limit order does)
                 x = left if limit_order and taker_buy else min(left, rem)
-                left -= self._core_take(market, taker_buy, price if limit_order else p, x, limit_order)
+                left -= self._core_take(market, taker_buy, price if limit_order and taker_buy else p, x, limit_order)
                 continue
             x = min(left, rem)
             if not taker_buy and self._bid_cap(market, rem, p) <= 0:
