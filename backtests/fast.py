@@ -282,6 +282,7 @@ class FastReplay(Replay):
                 continue
             left -= x
             after = rem - x
+            self._recorded_fill(market, taker_buy, x, p)
             if recorded is not None and recorded[0] == oid:
                 if x == quantity and oid not in self._held:
                     # the recording's remaining is the truth (a bid's fee comes out of its
@@ -308,6 +309,9 @@ class FastReplay(Replay):
                 self._held[recorded[0]] = (market, not taker_buy, v.price)
                 self._set_taken()
         return left
+
+    def _recorded_fill(self, market: Market, taker_buy: bool, x: int, price: int) -> None:
+        """A recorded maker got ``x`` of walked flow (rounding "shared" draws for it here)."""
 
     def _bid_cap(self, market: Market, rem: int, price: int) -> int:
         """What a recorded bid of ``rem`` at ``price`` can buy as a maker: the core's cap (its

@@ -692,8 +692,9 @@ class Replay:
         maker (``M``): its total draws if ``quantity * price`` has a fraction, then the
         buyer's fee, then the seller's, each if it has one, at the fee rates ``M`` and ``T``
         pay (ReplayOptions.recorded_fees).  Rows up to the current one are due: the row
-        being walked (``_interact``) is due only if none of its flow reached the core, whose
-        trades then stand for it (as the exact path's taker trades with our order instead).
+        being walked (``_interact``) is due only if none of its flow reached the core or a
+        recorded maker in the walk: those trades then stand for it, one per order reached,
+        in walk order (the exact path's stand-in trades with each in turn, ours included).
         ``times``: the recorded receive time of each row (arrivals see every row up to now)."""
         ex = self.exchange
         ev = self.data.events
@@ -710,26 +711,40 @@ class Replay:
         state = {"next": 0, "row": -1, "in_row": False, "traded": False}
         trade = ex._trade
 
+        def draw(book: Any, x: int, p: int, buy: bool) -> None:
+            """The draws of one re-traded recorded trade (``buy``: the taker bought)."""
+            below = ex._below
+            ppm_m = ex._fee_ppm(maker, book, True)
+            ppm_t = ex._fee_ppm(taker, book, False)
+            ppm_b, ppm_a = (ppm_t, ppm_m) if buy else (ppm_m, ppm_t)
+            t, r = divmod(x * p * book.mul, book.den)
+            if r and below(book.den) < r:
+                t += 1
+            for ppm in (ppm_b, ppm_a):
+                if (t * ppm) % PPM:
+                    below(PPM)
+            ex._add_volume(maker, book, x, t, self.now_us)
+            ex._add_volume(taker, book, x, t, self.now_us)
+
         def catch_up(upto: int) -> None:
             """Draw for the due rows before ``upto`` (a row index, exclusive)."""
             k = state["next"]
-            below = ex._below
             while k < len(todo) and todo[k][0] < upto:
                 _, mi, x, p, buy = todo[k]
                 k += 1
-                book = books[mi]
-                ppm_m = ex._fee_ppm(maker, book, True)
-                ppm_t = ex._fee_ppm(taker, book, False)
-                ppm_b, ppm_a = (ppm_t, ppm_m) if buy else (ppm_m, ppm_t)
-                t, r = divmod(x * p * book.mul, book.den)
-                if r and below(book.den) < r:
-                    t += 1
-                for ppm in (ppm_b, ppm_a):
-                    if (t * ppm) % PPM:
-                        below(PPM)
-                ex._add_volume(maker, book, x, t, self.now_us)
-                ex._add_volume(taker, book, x, t, self.now_us)
+                draw(books[mi], x, p, buy)
             state["next"] = k
+
+        def _recorded_fill(market: Market, buy: bool, x: int, p: int) -> None:
+            # A recorded maker filled by the row being walked: the exact path's stand-in
+            # trades with its copy there, between the trades of ours the walk makes, so the
+            # row's draws are these (one trade per maker reached), in walk order.
+            if state["in_row"]:
+                catch_up(state["row"])
+                state["traded"] = True
+                draw(ex._books[market.codes], x, p, buy)
+
+        setattr(self, "_recorded_fill", _recorded_fill)  # noqa: B010
 
         def _trade(*args: Any) -> int:
             if state["in_row"]:
