@@ -187,14 +187,16 @@ class FastReplay(Replay):
     def _deliver(self, notice: Notice) -> None:
         self._pending.append(notice)
 
-    def _drain(self, hide: set[int] | None = None, rename: dict[int, int] | None = None) -> None:
+    def _drain(self, hide: set[int] | None = None, rename: dict[int, int] | None = None,
+               cmd_end: int = 0) -> None:
         """Deliver what the core produced, at once (feed latency 0): stand-in orders hidden,
-        materialised recorded orders under their recorded ids."""
+        materialised recorded orders under their recorded ids.  ``cmd_end``: the notices
+        before it came from our command, after it from removing what it left of them."""
         pend = self._pending
         if not pend:
             return
         self._pending = []
-        for n in pend:
+        for j, n in enumerate(pend):
             t = type(n)
             if hide or rename:
                 if t is OrderOpened or t is OrderClosed:
@@ -202,10 +204,12 @@ class FastReplay(Replay):
                     if hide and oid in hide:
                         continue
                     if rename and oid in rename:
-                        if t is OrderOpened or n.quantity != 0:  # type: ignore[attr-defined]
+                        if t is OrderOpened or (n.quantity != 0 and j >= cmd_end):  # type: ignore[attr-defined]
                             continue  # placed or removed again: the view has it already
+                        # filled, or closed by our command as dust (a bid whose reservation
+                        # cannot pay for one more unit): it leaves the view, as in the core
                         n = OrderClosed(id=rename[oid], base=n.base, counter=n.counter,  # type: ignore[attr-defined]
-                                        quantity=0, price=n.price)  # type: ignore[attr-defined]
+                                        quantity=n.quantity, price=n.price)  # type: ignore[attr-defined]
                 elif t is OrdersMatched and rename:
                     m: Any = n
                     if m.bid in rename or m.ask in rename:
@@ -461,9 +465,10 @@ class FastReplay(Replay):
         if type(cmd) is PlaceOrder:
             rename = self._materialise(cmd)
         reply = ex.handle(self._s_sess, cmd)
+        cmd_end = len(self._pending)
         for rid in rename:  # what the command left of them goes (an error if it took all)
             ex.handle(self._m_sess, CancelOrder(id=rid))
-        self._drain(rename=rename)
+        self._drain(rename=rename, cmd_end=cmd_end)
         self._receive(_D_PLACE if out.kind == "place" else _D_CANCEL, out, reply)
 
     def _materialise(self, cmd: PlaceOrder) -> dict[int, int]:
