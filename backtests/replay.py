@@ -691,10 +691,11 @@ class Replay:
         path, a stand-in taker (``T``, the later order id) trading with a copy of the recorded
         maker (``M``): its total draws if ``quantity * price`` has a fraction, then the
         buyer's fee, then the seller's, each if it has one, at the fee rates ``M`` and ``T``
-        pay (ReplayOptions.recorded_fees).  Rows up to the current one are due: the row
-        being walked (``_interact``) is due only if none of its flow reached the core or a
-        recorded maker in the walk: those trades then stand for it, one per order reached,
-        in walk order (the exact path's stand-in trades with each in turn, ours included).
+        pay (ReplayOptions.recorded_fees).  Rows up to the current one are due, but for
+        the rows walked in Python (``_interact``): their walk's trades stand for them, one
+        per order reached, in walk order -- ours in the core, the recorded makers' in
+        ``_recorded_fill`` -- and none if the flow found nothing to trade with (the exact
+        path's stand-in trades with each copy in turn, ours included, or not at all).
         ``times``: the recorded receive time of each row (arrivals see every row up to now)."""
         ex = self.exchange
         ev = self.data.events
@@ -708,7 +709,7 @@ class Replay:
         todo = list(zip(rows.tolist(), self.data.market[rows].tolist(), ev["quantity"][rows].tolist(),
                         ev["price"][rows].tolist(), taker_buy.tolist(), strict=True))
         maker, taker = ex._accounts[self.maker_uid], ex._accounts[self.taker_uid]
-        state = {"next": 0, "row": -1, "in_row": False, "traded": False}
+        state = {"next": 0, "row": -1, "in_row": False}
         trade = ex._trade
 
         def draw(book: Any, x: int, p: int, buy: bool) -> None:
@@ -741,7 +742,6 @@ class Replay:
             # row's draws are these (one trade per maker reached), in walk order.
             if state["in_row"]:
                 catch_up(state["row"])
-                state["traded"] = True
                 draw(ex._books[market.codes], x, p, buy)
 
         setattr(self, "_recorded_fill", _recorded_fill)  # noqa: B010
@@ -749,7 +749,6 @@ class Replay:
         def _trade(*args: Any) -> int:
             if state["in_row"]:
                 catch_up(state["row"])
-                state["traded"] = True
             else:
                 catch_up(int(np.searchsorted(times, self.now_us, side="right")))
             return trade(*args)
@@ -758,15 +757,17 @@ class Replay:
         interact = getattr(self, "_interact")  # noqa: B009 - FastReplay's, wrapped on the instance
 
         def _interact(i: int, market: Market) -> None:
-            state["row"], state["in_row"], state["traded"] = i, True, False
+            state["row"], state["in_row"] = i, True
             try:
                 interact(i, market)
             finally:
                 state["in_row"] = False
-                if state["traded"]:  # the core's trades stood for this row
-                    catch_up(i)
-                    if state["next"] < len(todo) and todo[state["next"]][0] == i:
-                        state["next"] += 1
+                # the walk's trades (ours in the core, the recorded makers' in _recorded_fill)
+                # drew for this row, one per order reached; none if its flow found nothing
+                # to trade with, as the exact path's stand-in then does not trade
+                catch_up(i)
+                if state["next"] < len(todo) and todo[state["next"]][0] == i:
+                    state["next"] += 1
 
         setattr(self, "_interact", _interact)  # noqa: B010
 
