@@ -840,13 +840,16 @@ class Replay:
             log.debug("recorded order %s not placed: %s", rec_id, r)
 
     def _take(self, market: Market, buy: bool, price: int, quantity: int,
-              shadows: dict[int, int] | None = None, maker: tuple[int, int] | None = None) -> None:
+              shadows: dict[int, int] | None = None, maker: tuple[int, int] | None = None,
+              taker: tuple[int, int] | None = None) -> None:
         """Re-send recorded aggressive flow: ``quantity`` at ``price`` or better, never more.
 
         ``maker``: (recorded id, recorded remaining) of the trade's maker, whose copy is
         ``shadows[id]``.  When the flow reaches that copy in full, the copy is left holding
         what the recording says (:meth:`_follow`), not what the replay's fees and rounding
-        draws left it: live, the participant's order paid its own."""
+        draws left it: live, the participant's order paid its own.  ``taker``: (recorded
+        id, recorded remaining) of the trade's taker, None for a market order: the strategy
+        sees the trades under it (:meth:`_as_recorded_taker`), not under the stand-in."""
         ex = self.exchange
         # Read-only look at the core's book: how much rests at or inside ``price``.  A
         # market buy for at most that much trades exactly it (the buyer's budget is huge;
@@ -921,9 +924,33 @@ class Replay:
         finally:
             if copy is not None:
                 ex._trade = trade  # type: ignore[method-assign]
+        if len(self._to_strat) > mark:
+            self._as_recorded_taker(buy, taker, mark)
         if copy is not None:
             assert maker is not None
             self._follow(copy, before, got[0], quantity, maker[1], mark)
+
+    def _as_recorded_taker(self, buy: bool, taker: tuple[int, int] | None, mark: int) -> None:
+        """The stand-in's trades, as the strategy sees them, carry the recorded taker: its id
+        (under one no replay order has, as in :meth:`_closed_unknown`) and remaining, or
+        neither for a recorded market order (the stand-in is a market buy or a limit sell
+        whatever the recorded taker was: on_trade's aggressor comes from which is absent)."""
+        if taker is None:
+            tid: Any = UNSET
+            rem: Any = UNSET
+        else:
+            tid = _FOREIGN_ID | (taker[0] & _ID_MASK)
+            rem = taker[1] if taker[1] >= 0 else UNSET
+        q = self._to_strat
+        for j in range(mark, len(q)):
+            item = q[j]
+            n = item[2]
+            if item[1] == _D_NOTICE and type(n) is OrdersMatched:
+                if buy:
+                    n = msgspec.structs.replace(n, bid=tid, bid_rem=rem)
+                else:
+                    n = msgspec.structs.replace(n, ask=tid, ask_rem=rem)
+                q[j] = (item[0], item[1], n, item[3])
 
     def _follow(self, copy: Any, before: int, got: int, quantity: int, recorded: int, mark: int) -> None:
         """After a re-sent recorded trade: the maker's ``copy`` (``before`` it traded, ``got``
@@ -1278,9 +1305,11 @@ class Replay:
                         continue
                     if taker_buy:
                         maker = (ask_id, c_arem[k]) if has_ask else None
+                        taker = (oid, c_rem[k]) if has_bid else None
                     else:
                         maker = (oid, c_rem[k]) if has_bid else None
-                    self._take(market, taker_buy, c_price[k], c_qty[k], shadows, maker)
+                        taker = (ask_id, c_arem[k]) if has_ask else None
+                    self._take(market, taker_buy, c_price[k], c_qty[k], shadows, maker, taker)
                 continue
             if self.stopped and min(t_s, t_x, t_t) > t_end + _SHUTDOWN_US:
                 break  # the runner's shutdown deadline

@@ -507,9 +507,51 @@ def test_a_stand_in_sell_never_shows_in_the_strategy_feed(tmp_path):
         kinds = [type(n).__name__ for n in seen]
         assert kinds == ["OrdersMatched", "OrderClosed"]  # the trade, then bid 10's stand-in leaves
         assert (seen[0].quantity, seen[0].bid_rem, seen[1].quantity) == (1_000_000, 0, 0)
+        # the recorded taker was a market sell: no ask side (not the stand-in's limit order)
+        assert seen[0].ask is UNSET and seen[0].ask_rem is UNSET
         probe.exchange.check_invariants()
         assert bids == [] and [o.price for o in asks] == [3_001_000]
     else:
         # the fast path applies recorded events to the view in compiled batches (no notices)
         # and, with no order of ours to reach, sends no stand-in and keeps no copies
         assert seen == [] and probe.stats.flow_sent == 0 and bids == asks == []
+
+
+@pytest.mark.parametrize("taker_buy", [False, True])
+def test_the_strategy_sees_the_recorded_taker(tmp_path, taker_buy):
+    # A recorded limit taker (id 20) left with a remaining: the exact path's stand-in (a
+    # limit sell, or a market buy) trades in its place, and the strategy's feed shows the
+    # recorded taker's remaining under an id no replay order has -- not the stand-in's id
+    # and remaining 0 (or no id at all for the market buy).
+    t = T0 + 1_000_000
+    snap = WatchOrdersReply(orders=[BookOrder(id=1, quantity=-1_000_000, price=3_001_000, time=T0 - 2),
+                                    BookOrder(id=10, quantity=1_000_000, price=2_999_000, time=T0 - 1)])
+    if taker_buy:
+        n = matched(t, 400_000, 3_001_000, bid=20, bid_rem=600_000, ask=1, ask_rem=600_000)
+    else:
+        n = matched(t, 400_000, 2_999_000, bid=10, bid_rem=600_000, ask=20, ask_rem=700_000)
+    rd = replay_data_from_messages([(T0, XBT_GBP, snap), (t, None, n)], "<one taker>")
+    cfg = load_run_config(str(config(tmp_path, [])))
+    probe = Replay(cfg, rd, ReplayOptions())
+    seen: list[Any] = []
+    on_notice = probe.core.on_notice
+
+    def spy(x: Notice) -> None:
+        seen.append(x)
+        on_notice(x)
+
+    probe.core.on_notice = spy  # type: ignore[method-assign]
+    probe.run()
+    trades = [x for x in seen if type(x) is OrdersMatched]
+    if not exact(probe):
+        assert trades == []  # the fast path applies recorded events to the view in batches
+        return
+    (m,) = trades
+    if taker_buy:
+        assert (m.bid & 0xFFFF, m.bid_rem, m.ask_rem) == (20, 600_000, 600_000)
+        assert m.bid not in probe.exchange._orders
+    else:
+        assert (m.ask & 0xFFFF, m.ask_rem, m.bid_rem) == (20, 700_000, 600_000)
+        assert m.ask not in probe.exchange._orders
+    view = probe.core.books[XBT_GBP]
+    assert (view.best_bid_qty if not taker_buy else view.best_ask_qty) == 600_000
