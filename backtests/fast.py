@@ -36,27 +36,26 @@ strategy's fills depend on and drops the rest:
    ``ReplayOptions(rounding="strategy")``.  With ``"shared"`` (``cftrade diff``'s default)
    the stream is advanced, before each trade in the core, by the draws the exact path's
    re-trades of the recorded trades since the last one would have made
-   (``Replay._emulate_shared_rounding``), so a live run's totals and fees are reproduced.  With
-   that setting and recorded users who pay what the replay charges them (one fee tier,
-   maker fee 0: the cross-check's set-up), the two paths give the same fills -- price,
-   quantity, time, side, total, fee -- and the same ``final_hash`` for the four shipped
-   strategies on a generated recording.  Against the exact path's default, a total or fee
-   can differ by a unit, which can leave a dust remainder on one path and not the other,
-   and a strategy that reacts to that takes another path from there.
-2. *Recorded orders are traded for what the recording says they held.*  The exact path
-   re-creates them as orders of a stand-in user that pays the replay's fees out of its
-   reservations and rounds with its own draws, so its copies can buy a few units less (or
-   hold a few units more) than the recording says and pass the difference on to the next
-   order in the queue -- sometimes ours: a fill of a few units (or a fee-sized
-   difference) that live never saw.  The fast path follows the recording, except where
-   the replay itself changed an order: when our order took flow that went to a recorded
-   maker live, that maker keeps what it did not sell (as the exact path's copy does) until
-   the recording closes it ("held": its trades and close are walked in Python and our
-   quotes' guard covers its price), and a recorded remaining is never taken above what the
-   view holds (our crossing order may have taken part of it).
+   (``Replay._emulate_shared_rounding``: a row walked in Python draws once per order its
+   walk fills, in walk order), so a live run's totals and fees are reproduced.  With either
+   setting the two paths give the same fills -- price, quantity, time, side, total, fee --
+   and the same ``final_hash`` for the four shipped strategies on generated recordings with
+   one fee tier or the demo's two (30 min, seeds 1-8, both settings: 64 of 64 runs).
+2. *Recorded orders are traded for what the recording says they held* -- on both paths:
+   the exact path's copies pay the replay's fees and draws, but after each re-sent trade
+   that reached the copy in full it is set to the recorded remaining
+   (``Replay._follow``, ``Exchange.set_remaining``).  Where the replay itself changed an
+   order, both keep what the replay left: when our order took flow that went to a recorded
+   maker live, that maker keeps what it did not sell until the recording closes it
+   ("held": its trades and close are walked in Python and our quotes' guard covers its
+   price), and a recorded remaining is never taken above what the view holds (our crossing
+   order may have taken part of it).
 3. The stand-in recorded users are not charged or accounted (their balances are not part
    of the result), and recorded events reach the strategy's view in compiled batches, not
    as notices (a spy on ``core.on_notice`` sees only the strategy's own and walked ones).
+   A walked trade shows the recorded taker's id but not its remaining, and our own fills
+   the stand-in taker's order (the exact path shows the recorded taker on both), so
+   ``Trade.aggressor`` in ``on_trade`` can differ for our fills.
 4. *Refused* (ConfigError, never a silent difference): a feed latency > 0 (notices reach
    the strategy as soon as the exchange produced them, after the recorded events of that
    microsecond, as the exact path with feed latency 0 does); tickers (a strategy that

@@ -14,7 +14,13 @@ version), plus two users that stand for the recorded market:
   a limit order of ``M`` at the recorded price and quantity, in recorded order, so the
   replayed book holds the recorded orders in the *same FIFO order* at each price.  A
   recorded ``OrderClosed`` (a cancel, or the end of a fill) cancels the replayed order if
-  it is still there.  Recorded ids are mapped to replay ids.
+  it is still there.  Recorded ids are mapped to replay ids.  A copy pays the replay's
+  fees and rounding draws, not the participant's, so after each re-sent trade that
+  reached it in full it is set to the recorded remaining (``bid_rem``/``ask_rem``, with
+  the reservation that goes with it: :meth:`Exchange.set_remaining`), and a bid copy is
+  reserved enough for that fill that its fee cannot cut it: otherwise it would keep a
+  few units more or less than the participant did and pass them on to the next order in
+  the queue -- sometimes ours.
 * the **recorded takers** (user ``T``): the aggressive side of every recorded
   ``OrdersMatched`` (the side without an order id, or whose order was not resting: it
   arrived later) is re-sent as an order of ``T`` for the traded quantity, never beyond
@@ -52,7 +58,9 @@ itself), and the recorded close of the maker it emptied waits for the end of tha
 
 **What the strategy sees** is its session's feed from the replay exchange, with two
 corrections so that its hooks wake exactly as they did live: the stand-in taker orders
-never appear (no OrderOpened/OrderClosed of ``T``'s orders), and a recorded OrderClosed of
+never appear (no OrderOpened/OrderClosed of ``T``'s orders; their trades show the recorded
+taker's id, masked as below, and remaining, or no taker side for a recorded market
+order), and a recorded OrderClosed of
 an order that never rested (a taker filled on arrival) is passed through as recorded,
 under an id no replay order has (the book ignores it, as it did live).
 
@@ -80,7 +88,7 @@ participants who reacted to our quotes live are replayed as recorded.
 watches; every recorded order goes through the exchange core, so this path cannot approach
 2 M/s.  :class:`backtests.fast.FastReplay` (``run_backtest(..., fast=True)``, ``cftrade
 backtest --fast``) applies recorded book events in compiled batches instead and is compared
-with this path fill by fill (``ReplayOptions.rounding="strategy"``; tests/test_replay_fast.py).
+with this path fill by fill, with either ``ReplayOptions.rounding`` (tests/test_replay_fast.py).
 
 Rate limits: the replay exchange runs without its own rate limits (the recorded users
 must never be throttled); the strategy's commands are held to LIMITS.md by the same

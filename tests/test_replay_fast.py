@@ -69,10 +69,9 @@ def one_tier(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The demo exchange with one fee tier (maker 0, taker 0.02 %), and 15 minutes of its
     simulated market recorded (seed 3).
 
-    One tier: the recorded users' copies in the exact path then pay what the participants
-    paid live whatever their replayed volume (with the demo's two tiers, copies that have not
-    yet reached the 100 XBT tier pay a maker fee the participants did not, buy less than the
-    recording says, and pass the difference on -- sometimes to us)."""
+    One tier, maker fee 0: the recorded users' copies in the exact path pay what the
+    participants paid live whatever their replayed volume (the demo's two tiers:
+    ``two_tiers`` below)."""
     d = tmp_path_factory.mktemp("one_tier")
     text = (ROOT / "configs" / "exchange.yaml").read_text()
     head, rest = text.split("fees:", 1)
