@@ -36,27 +36,26 @@ strategy's fills depend on and drops the rest:
    ``ReplayOptions(rounding="strategy")``.  With ``"shared"`` (``cftrade diff``'s default)
    the stream is advanced, before each trade in the core, by the draws the exact path's
    re-trades of the recorded trades since the last one would have made
-   (``Replay._emulate_shared_rounding``), so a live run's totals and fees are reproduced.  With
-   that setting and recorded users who pay what the replay charges them (one fee tier,
-   maker fee 0: the cross-check's set-up), the two paths give the same fills -- price,
-   quantity, time, side, total, fee -- and the same ``final_hash`` for the four shipped
-   strategies on a generated recording.  Against the exact path's default, a total or fee
-   can differ by a unit, which can leave a dust remainder on one path and not the other,
-   and a strategy that reacts to that takes another path from there.
-2. *Recorded orders are traded for what the recording says they held.*  The exact path
-   re-creates them as orders of a stand-in user that pays the replay's fees out of its
-   reservations and rounds with its own draws, so its copies can buy a few units less (or
-   hold a few units more) than the recording says and pass the difference on to the next
-   order in the queue -- sometimes ours: a fill of a few units (or a fee-sized
-   difference) that live never saw.  The fast path follows the recording, except where
-   the replay itself changed an order: when our order took flow that went to a recorded
-   maker live, that maker keeps what it did not sell (as the exact path's copy does) until
-   the recording closes it ("held": its trades and close are walked in Python and our
-   quotes' guard covers its price), and a recorded remaining is never taken above what the
-   view holds (our crossing order may have taken part of it).
+   (``Replay._emulate_shared_rounding``: a row walked in Python draws once per order its
+   walk fills, in walk order), so a live run's totals and fees are reproduced.  With either
+   setting the two paths give the same fills -- price, quantity, time, side, total, fee --
+   and the same ``final_hash`` for the four shipped strategies on generated recordings with
+   one fee tier or the demo's two (30 min, seeds 1-8, both settings: 64 of 64 runs).
+2. *Recorded orders are traded for what the recording says they held* -- on both paths:
+   the exact path's copies pay the replay's fees and draws, but after each re-sent trade
+   that reached the copy in full it is set to the recorded remaining
+   (``Replay._follow``, ``Exchange.set_remaining``).  Where the replay itself changed an
+   order, both keep what the replay left: when our order took flow that went to a recorded
+   maker live, that maker keeps what it did not sell until the recording closes it
+   ("held": its trades and close are walked in Python and our quotes' guard covers its
+   price), and a recorded remaining is never taken above what the view holds (our crossing
+   order may have taken part of it).
 3. The stand-in recorded users are not charged or accounted (their balances are not part
    of the result), and recorded events reach the strategy's view in compiled batches, not
    as notices (a spy on ``core.on_notice`` sees only the strategy's own and walked ones).
+   A walked trade shows the recorded taker's id but not its remaining, and our own fills
+   the stand-in taker's order (the exact path shows the recorded taker on both), so
+   ``Trade.aggressor`` in ``on_trade`` can differ for our fills.
 4. *Refused* (ConfigError, never a silent difference): a feed latency > 0 (notices reach
    the strategy as soon as the exchange produced them, after the recorded events of that
    microsecond, as the exact path with feed latency 0 does); tickers (a strategy that
@@ -187,14 +186,16 @@ class FastReplay(Replay):
     def _deliver(self, notice: Notice) -> None:
         self._pending.append(notice)
 
-    def _drain(self, hide: set[int] | None = None, rename: dict[int, int] | None = None) -> None:
+    def _drain(self, hide: set[int] | None = None, rename: dict[int, int] | None = None,
+               cmd_end: int = 0) -> None:
         """Deliver what the core produced, at once (feed latency 0): stand-in orders hidden,
-        materialised recorded orders under their recorded ids."""
+        materialised recorded orders under their recorded ids.  ``cmd_end``: the notices
+        before it came from our command, after it from removing what it left of them."""
         pend = self._pending
         if not pend:
             return
         self._pending = []
-        for n in pend:
+        for j, n in enumerate(pend):
             t = type(n)
             if hide or rename:
                 if t is OrderOpened or t is OrderClosed:
@@ -202,10 +203,12 @@ class FastReplay(Replay):
                     if hide and oid in hide:
                         continue
                     if rename and oid in rename:
-                        if t is OrderOpened or n.quantity != 0:  # type: ignore[attr-defined]
+                        if t is OrderOpened or (n.quantity != 0 and j >= cmd_end):  # type: ignore[attr-defined]
                             continue  # placed or removed again: the view has it already
+                        # filled, or closed by our command as dust (a bid whose reservation
+                        # cannot pay for one more unit): it leaves the view, as in the core
                         n = OrderClosed(id=rename[oid], base=n.base, counter=n.counter,  # type: ignore[attr-defined]
-                                        quantity=0, price=n.price)  # type: ignore[attr-defined]
+                                        quantity=n.quantity, price=n.price)  # type: ignore[attr-defined]
                 elif t is OrdersMatched and rename:
                     m: Any = n
                     if m.bid in rename or m.ask in rename:
@@ -265,8 +268,12 @@ class FastReplay(Replay):
             if own:
                 # a limit bid for all it has left: its reservation, hence what its fee
                 # leaves it to buy, is the one the exact path's order would have
+                # (a sell at our bid's own price: what our bid cannot buy of it -- its fee
+                # comes out of its reservation -- must not reach our next bid in the core,
+                # past recorded orders between them; it stays in ``left`` and walks on, as
+                # the exact path's limit order does)
                 x = left if limit_order and taker_buy else min(left, rem)
-                left -= self._core_take(market, taker_buy, price if limit_order else p, x, limit_order)
+                left -= self._core_take(market, taker_buy, price if limit_order and taker_buy else p, x, limit_order)
                 continue
             x = min(left, rem)
             if not taker_buy and self._bid_cap(market, rem, p) <= 0:
@@ -278,6 +285,7 @@ class FastReplay(Replay):
                 continue
             left -= x
             after = rem - x
+            self._recorded_fill(market, taker_buy, x, p)
             if recorded is not None and recorded[0] == oid:
                 if x == quantity and oid not in self._held:
                     # the recording's remaining is the truth (a bid's fee comes out of its
@@ -304,6 +312,9 @@ class FastReplay(Replay):
                 self._held[recorded[0]] = (market, not taker_buy, v.price)
                 self._set_taken()
         return left
+
+    def _recorded_fill(self, market: Market, taker_buy: bool, x: int, price: int) -> None:
+        """A recorded maker got ``x`` of walked flow (rounding "shared" draws for it here)."""
 
     def _bid_cap(self, market: Market, rem: int, price: int) -> int:
         """What a recorded bid of ``rem`` at ``price`` can buy as a maker: the core's cap (its
@@ -453,9 +464,10 @@ class FastReplay(Replay):
         if type(cmd) is PlaceOrder:
             rename = self._materialise(cmd)
         reply = ex.handle(self._s_sess, cmd)
+        cmd_end = len(self._pending)
         for rid in rename:  # what the command left of them goes (an error if it took all)
             ex.handle(self._m_sess, CancelOrder(id=rid))
-        self._drain(rename=rename)
+        self._drain(rename=rename, cmd_end=cmd_end)
         self._receive(_D_PLACE if out.kind == "place" else _D_CANCEL, out, reply)
 
     def _materialise(self, cmd: PlaceOrder) -> dict[int, int]:

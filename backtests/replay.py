@@ -14,7 +14,13 @@ version), plus two users that stand for the recorded market:
   a limit order of ``M`` at the recorded price and quantity, in recorded order, so the
   replayed book holds the recorded orders in the *same FIFO order* at each price.  A
   recorded ``OrderClosed`` (a cancel, or the end of a fill) cancels the replayed order if
-  it is still there.  Recorded ids are mapped to replay ids.
+  it is still there.  Recorded ids are mapped to replay ids.  A copy pays the replay's
+  fees and rounding draws, not the participant's, so after each re-sent trade that
+  reached it in full it is set to the recorded remaining (``bid_rem``/``ask_rem``, with
+  the reservation that goes with it: :meth:`Exchange.set_remaining`), and a bid copy is
+  reserved enough for that fill that its fee cannot cut it: otherwise it would keep a
+  few units more or less than the participant did and pass them on to the next order in
+  the queue -- sometimes ours.
 * the **recorded takers** (user ``T``): the aggressive side of every recorded
   ``OrdersMatched`` (the side without an order id, or whose order was not resting: it
   arrived later) is re-sent as an order of ``T`` for the traded quantity, never beyond
@@ -52,7 +58,9 @@ itself), and the recorded close of the maker it emptied waits for the end of tha
 
 **What the strategy sees** is its session's feed from the replay exchange, with two
 corrections so that its hooks wake exactly as they did live: the stand-in taker orders
-never appear (no OrderOpened/OrderClosed of ``T``'s orders), and a recorded OrderClosed of
+never appear (no OrderOpened/OrderClosed of ``T``'s orders; their trades show the recorded
+taker's id, masked as below, and remaining, or no taker side for a recorded market
+order), and a recorded OrderClosed of
 an order that never rested (a taker filled on arrival) is passed through as recorded,
 under an id no replay order has (the book ignores it, as it did live).
 
@@ -80,7 +88,7 @@ participants who reacted to our quotes live are replayed as recorded.
 watches; every recorded order goes through the exchange core, so this path cannot approach
 2 M/s.  :class:`backtests.fast.FastReplay` (``run_backtest(..., fast=True)``, ``cftrade
 backtest --fast``) applies recorded book events in compiled batches instead and is compared
-with this path fill by fill (``ReplayOptions.rounding="strategy"``; tests/test_replay_fast.py).
+with this path fill by fill, with either ``ReplayOptions.rounding`` (tests/test_replay_fast.py).
 
 Rate limits: the replay exchange runs without its own rate limits (the recorded users
 must never be throttled); the strategy's commands are held to LIMITS.md by the same
@@ -563,6 +571,11 @@ class ReplayStats:
     cancels_sent: int = 0
     rate_waits: int = 0
     notices_to_strategy: int = 0
+    copies_set: int = 0
+    """Copies of recorded makers set to the recorded remaining after a re-sent trade."""
+    copies_emptied: int = 0
+    """... that the core had closed (dust) although the recording says they kept some."""
+    copies_unfunded: int = 0
 
 
 class Replay:
@@ -618,6 +631,9 @@ class Replay:
         self._rec2rep: dict[int, dict[int, int]] = {i: {} for i in self._mi}
         self._own_resting: set[int] = set()
         self._taken_by_us: set[int] = set()
+        self._held_copies: set[int] = set()
+        """Replay ids of copies of recorded orders that hold more than the recording says:
+        the strategy's order took flow that, live, went to them (see _take)."""
         self._deferred: list[int] = []
 
         self.core = self._build_core()
@@ -683,9 +699,11 @@ class Replay:
         path, a stand-in taker (``T``, the later order id) trading with a copy of the recorded
         maker (``M``): its total draws if ``quantity * price`` has a fraction, then the
         buyer's fee, then the seller's, each if it has one, at the fee rates ``M`` and ``T``
-        pay (ReplayOptions.recorded_fees).  Rows up to the current one are due: the row
-        being walked (``_interact``) is due only if none of its flow reached the core, whose
-        trades then stand for it (as the exact path's taker trades with our order instead).
+        pay (ReplayOptions.recorded_fees).  Rows up to the current one are due, but for
+        the rows walked in Python (``_interact``): their walk's trades stand for them, one
+        per order reached, in walk order -- ours in the core, the recorded makers' in
+        ``_recorded_fill`` -- and none if the flow found nothing to trade with (the exact
+        path's stand-in trades with each copy in turn, ours included, or not at all).
         ``times``: the recorded receive time of each row (arrivals see every row up to now)."""
         ex = self.exchange
         ev = self.data.events
@@ -699,34 +717,46 @@ class Replay:
         todo = list(zip(rows.tolist(), self.data.market[rows].tolist(), ev["quantity"][rows].tolist(),
                         ev["price"][rows].tolist(), taker_buy.tolist(), strict=True))
         maker, taker = ex._accounts[self.maker_uid], ex._accounts[self.taker_uid]
-        state = {"next": 0, "row": -1, "in_row": False, "traded": False}
+        state = {"next": 0, "row": -1, "in_row": False}
         trade = ex._trade
+
+        def draw(book: Any, x: int, p: int, buy: bool) -> None:
+            """The draws of one re-traded recorded trade (``buy``: the taker bought)."""
+            below = ex._below
+            ppm_m = ex._fee_ppm(maker, book, True)
+            ppm_t = ex._fee_ppm(taker, book, False)
+            ppm_b, ppm_a = (ppm_t, ppm_m) if buy else (ppm_m, ppm_t)
+            t, r = divmod(x * p * book.mul, book.den)
+            if r and below(book.den) < r:
+                t += 1
+            for ppm in (ppm_b, ppm_a):
+                if (t * ppm) % PPM:
+                    below(PPM)
+            ex._add_volume(maker, book, x, t, self.now_us)
+            ex._add_volume(taker, book, x, t, self.now_us)
 
         def catch_up(upto: int) -> None:
             """Draw for the due rows before ``upto`` (a row index, exclusive)."""
             k = state["next"]
-            below = ex._below
             while k < len(todo) and todo[k][0] < upto:
                 _, mi, x, p, buy = todo[k]
                 k += 1
-                book = books[mi]
-                ppm_m = ex._fee_ppm(maker, book, True)
-                ppm_t = ex._fee_ppm(taker, book, False)
-                ppm_b, ppm_a = (ppm_t, ppm_m) if buy else (ppm_m, ppm_t)
-                t, r = divmod(x * p * book.mul, book.den)
-                if r and below(book.den) < r:
-                    t += 1
-                for ppm in (ppm_b, ppm_a):
-                    if (t * ppm) % PPM:
-                        below(PPM)
-                ex._add_volume(maker, book, x, t, self.now_us)
-                ex._add_volume(taker, book, x, t, self.now_us)
+                draw(books[mi], x, p, buy)
             state["next"] = k
+
+        def _recorded_fill(market: Market, buy: bool, x: int, p: int) -> None:
+            # A recorded maker filled by the row being walked: the exact path's stand-in
+            # trades with its copy there, between the trades of ours the walk makes, so the
+            # row's draws are these (one trade per maker reached), in walk order.
+            if state["in_row"]:
+                catch_up(state["row"])
+                draw(ex._books[market.codes], x, p, buy)
+
+        setattr(self, "_recorded_fill", _recorded_fill)  # noqa: B010
 
         def _trade(*args: Any) -> int:
             if state["in_row"]:
                 catch_up(state["row"])
-                state["traded"] = True
             else:
                 catch_up(int(np.searchsorted(times, self.now_us, side="right")))
             return trade(*args)
@@ -735,15 +765,17 @@ class Replay:
         interact = getattr(self, "_interact")  # noqa: B009 - FastReplay's, wrapped on the instance
 
         def _interact(i: int, market: Market) -> None:
-            state["row"], state["in_row"], state["traded"] = i, True, False
+            state["row"], state["in_row"] = i, True
             try:
                 interact(i, market)
             finally:
                 state["in_row"] = False
-                if state["traded"]:  # the core's trades stood for this row
-                    catch_up(i)
-                    if state["next"] < len(todo) and todo[state["next"]][0] == i:
-                        state["next"] += 1
+                # the walk's trades (ours in the core, the recorded makers' in _recorded_fill)
+                # drew for this row, one per order reached; none if its flow found nothing
+                # to trade with, as the exact path's stand-in then does not trade
+                catch_up(i)
+                if state["next"] < len(todo) and todo[state["next"]][0] == i:
+                    state["next"] += 1
 
         setattr(self, "_interact", _interact)  # noqa: B010
 
@@ -815,8 +847,17 @@ class Replay:
             self.stats.rejected += 1
             log.debug("recorded order %s not placed: %s", rec_id, r)
 
-    def _take(self, market: Market, buy: bool, price: int, quantity: int) -> None:
-        """Re-send recorded aggressive flow: ``quantity`` at ``price`` or better, never more."""
+    def _take(self, market: Market, buy: bool, price: int, quantity: int,
+              shadows: dict[int, int] | None = None, maker: tuple[int, int] | None = None,
+              taker: tuple[int, int] | None = None) -> None:
+        """Re-send recorded aggressive flow: ``quantity`` at ``price`` or better, never more.
+
+        ``maker``: (recorded id, recorded remaining) of the trade's maker, whose copy is
+        ``shadows[id]``.  When the flow reaches that copy in full, the copy is left holding
+        what the recording says (:meth:`_follow`), not what the replay's fees and rounding
+        draws left it: live, the participant's order paid its own.  ``taker``: (recorded
+        id, recorded remaining) of the trade's taker, None for a market order: the strategy
+        sees the trades under it (:meth:`_as_recorded_taker`), not under the stand-in."""
         ex = self.exchange
         # Read-only look at the core's book: how much rests at or inside ``price``.  A
         # market buy for at most that much trades exactly it (the buyer's budget is huge;
@@ -844,22 +885,125 @@ class Replay:
         self.stats.flow_sent += 1
         self.stats.flow_quantity += x
         codes = market.codes
-        if buy:
-            ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=x))
-            return
-        # A sell is a limit order at the trade price: a resting bid may buy less than its
-        # quantity (its fee comes out of its reservation), so a remainder may be left; it
-        # must not rest, and the strategy must not see it (it never existed live).
         mark = len(self._to_strat)
-        r = ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=-x, price=price))
-        if type(r) is PlaceOrderReply:
-            if ex.open_orders(self.taker_uid):
-                self.stats.transient_rests += 1
-                ex.handle(self._t_sess, CancelOrder(id=r.id))  # type: ignore[arg-type]
-            # The strategy must not see this stand-in order open or close: live, the
-            # recorded taker was one order (or a market order) and its own OrderClosed, if
-            # any, is in the recording and is passed through (see _closed_unknown).
-            self._hide(mark, r.id)
+        copy = None
+        if maker is not None and shadows is not None and maker[1] >= 0:
+            rid = shadows.get(maker[0])
+            copy = ex._orders.get(rid) if rid is not None else None
+        if copy is not None:
+            # count what the copy trades in this command (a wrapper for its duration only)
+            got = [0]
+            trade = ex._trade
+            order = copy
+
+            def _trade(book: Any, buyer: Any, seller: Any, bid: Any, ask: Any, x: int, *rest: Any) -> int:
+                if bid is order or ask is order:
+                    got[0] += x
+                return trade(book, buyer, seller, bid, ask, x, *rest)
+
+            before = copy.quantity
+            if copy.is_bid:
+                # the live bid kept the recorded remaining after its fee and rounding; the
+                # copy's draws differ, so it must not lose a unit of quantity to them here
+                # (a bid that ends with no quantity is closed and cannot be put back):
+                # reserve 1 % of the trade's value more, the fill returns what it does not
+                # need, and _follow sets what the recording says
+                m = book.mul
+                ex.set_remaining(copy.id, before, (x * price * m) // (100 * book.den) + 3)
+            ex._trade = _trade  # type: ignore[method-assign,assignment]
+        try:
+            if buy:
+                ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=x))
+            else:
+                # A sell is a limit order at the trade price: a resting bid may buy less than
+                # its quantity (its fee comes out of its reservation), so a remainder may be
+                # left; it must not rest, and the strategy must not see it (it never existed
+                # live).
+                r = ex.handle(self._t_sess, PlaceOrder(base=codes[0], counter=codes[1], quantity=-x, price=price))
+                if type(r) is PlaceOrderReply:
+                    if ex.open_orders(self.taker_uid):
+                        self.stats.transient_rests += 1
+                        ex.handle(self._t_sess, CancelOrder(id=r.id))  # type: ignore[arg-type]
+                    # The strategy must not see this stand-in order open or close: live, the
+                    # recorded taker was one order (or a market order) and its own
+                    # OrderClosed, if any, is in the recording and is passed through (see
+                    # _closed_unknown).
+                    self._hide(mark, r.id)
+        finally:
+            if copy is not None:
+                ex._trade = trade  # type: ignore[method-assign]
+        if len(self._to_strat) > mark:
+            self._as_recorded_taker(buy, taker, mark)
+        if copy is not None:
+            assert maker is not None
+            self._follow(copy, before, got[0], quantity, maker[1], mark)
+
+    def _as_recorded_taker(self, buy: bool, taker: tuple[int, int] | None, mark: int) -> None:
+        """The stand-in's trades, as the strategy sees them, carry the recorded taker: its id
+        (under one no replay order has, as in :meth:`_closed_unknown`) and remaining, or
+        neither for a recorded market order (the stand-in is a market buy or a limit sell
+        whatever the recorded taker was: on_trade's aggressor comes from which is absent)."""
+        if taker is None:
+            tid: Any = UNSET
+            rem: Any = UNSET
+        else:
+            tid = _FOREIGN_ID | (taker[0] & _ID_MASK)
+            rem = taker[1] if taker[1] >= 0 else UNSET
+        q = self._to_strat
+        for j in range(mark, len(q)):
+            item = q[j]
+            n = item[2]
+            if item[1] == _D_NOTICE and type(n) is OrdersMatched:
+                if buy:
+                    n = msgspec.structs.replace(n, bid=tid, bid_rem=rem)
+                else:
+                    n = msgspec.structs.replace(n, ask=tid, ask_rem=rem)
+                q[j] = (item[0], item[1], n, item[3])
+
+    def _follow(self, copy: Any, before: int, got: int, quantity: int, recorded: int, mark: int) -> None:
+        """After a re-sent recorded trade: the maker's ``copy`` (``before`` it traded, ``got``
+        of the recorded ``quantity``) holds the ``recorded`` remaining, as the fast path's
+        view does.  Its fee and the replay's rounding draws may have left it a few units
+        more or less (a bid's remaining is capped by what its reservation still buys), which
+        the next flow would pass on to the order behind it -- sometimes ours.  A copy the
+        replay already changed keeps what the replay left it: one that holds more because
+        the strategy's order took flow that, live, went to it ("held", until the recording
+        closes it), and one that the strategy's crossing order took part of (never raised
+        above what it holds, less what it just traded)."""
+        rid = copy.id
+        ex = self.exchange
+        resting = rid in ex._orders
+        if got == 0 and resting and copy.is_bid:
+            ex.set_remaining(rid, copy.quantity)  # untouched: back to O6's reservation
+        if got < quantity:
+            if resting:
+                self._held_copies.add(rid)
+            return
+        if rid in self._held_copies:
+            return
+        target = min(before - quantity, recorded)
+        now = copy.quantity if resting else 0
+        if now == target:
+            return
+        if now == 0:
+            self.stats.copies_emptied += 1  # closed by the core already: cannot be put back
+            return
+        if not ex.set_remaining(rid, target):
+            self.stats.copies_unfunded += 1
+            return
+        self.stats.copies_set += 1
+        # the strategy sees the trade leave the copy with what the recording says
+        q = self._to_strat
+        for j in range(len(q) - 1, mark - 1, -1):
+            item = q[j]
+            n = item[2]
+            if item[1] == _D_NOTICE and type(n) is OrdersMatched:
+                if copy.is_bid and n.bid == rid:
+                    q[j] = (item[0], item[1], msgspec.structs.replace(n, bid_rem=target), item[3])
+                    break
+                if not copy.is_bid and n.ask == rid:
+                    q[j] = (item[0], item[1], msgspec.structs.replace(n, ask_rem=target), item[3])
+                    break
 
     def _closed_unknown(self, market: Market, oid: int, quantity: int, price: int) -> None:
         """A recorded OrderClosed of an order that never rested in the recorded book (a taker
@@ -1056,6 +1200,8 @@ class Replay:
         c_price: list[int] = []
         c_qty: list[int] = []
         c_ask: list[int] = []
+        c_rem: list[int] = []
+        c_arem: list[int] = []
         c_mkt: list[int] = []
         base_i = 0
         while True:
@@ -1075,6 +1221,8 @@ class Replay:
                     c_price = part["price"].tolist()
                     c_qty = part["quantity"].tolist()
                     c_ask = part["ask_id"].tolist()
+                    c_rem = part["remaining"].tolist()
+                    c_arem = part["ask_remaining"].tolist()
                     c_mkt = data.market[i:chunk_end].tolist()
                 t_rec = c_t[i - base_i]
             else:
@@ -1127,6 +1275,8 @@ class Replay:
                             if self._s_sess is not None:
                                 self._closed_unknown(market, oid, c_qty[k], c_price[k])
                         else:
+                            if self._held_copies:
+                                self._held_copies.discard(rid)
                             if oid in taken:
                                 # Live, our own order took this one; ours may not have
                                 # arrived yet in the replay (it is sent in reaction to
@@ -1161,7 +1311,13 @@ class Replay:
                         continue
                     elif has_ask and ask_id in shadows:
                         continue
-                    self._take(market, taker_buy, c_price[k], c_qty[k])
+                    if taker_buy:
+                        maker = (ask_id, c_arem[k]) if has_ask else None
+                        taker = (oid, c_rem[k]) if has_bid else None
+                    else:
+                        maker = (oid, c_rem[k]) if has_bid else None
+                        taker = (ask_id, c_arem[k]) if has_ask else None
+                    self._take(market, taker_buy, c_price[k], c_qty[k], shadows, maker, taker)
                 continue
             if self.stopped and min(t_s, t_x, t_t) > t_end + _SHUTDOWN_US:
                 break  # the runner's shutdown deadline

@@ -318,3 +318,47 @@ def test_restore_refuses_a_snapshot_of_other_users_or_scales() -> None:
         Exchange.restore(settings({1: {"GBP": "10"}, 3: {"GBP": "10"}}), snap, clock_us=h.clock, rng=random.Random())
     with pytest.raises(ConfigError, match="api_version 2"):
         Exchange.restore(settings({1: {"GBP": "10"}, 2: {"GBP": "10"}}, api_version=1), snap, clock_us=h.clock, rng=random.Random())
+
+
+# -- set_remaining (replays only) ----------------------------------------------------------
+
+
+def test_set_remaining_keeps_queue_reservations_and_conservation():
+    # The replay's copies of recorded orders follow the recorded remainders: the order stays
+    # where it is in its queue, reserves what a resting order of that quantity reserves
+    # (O6), the difference moves between reserved and available, and conservation holds.
+    h = Harness(settings({1: {"GBP": "20000"}, 2: {"XBT": "1"}}))
+    s1, s2 = h.session(1), h.session(2)
+    first = h.place(s1, 1_000_000, 2_999_000)
+    second = h.place(s1, 500_000, 2_999_000)
+    ask = h.place(s2, -700_000, 3_001_000)
+    ex = h.ex
+    mul, den = ex._books[(XBT_C, GBP_C)].mul, ex._books[(XBT_C, GBP_C)].den
+    supply = ex.supply()
+    before = ex.balances(1)[GBP_C]
+    h.notices(s1)
+    assert ex.set_remaining(first.id, 1_000_033)  # type: ignore[attr-defined]
+    ex.check_invariants()
+    bids, _ = ex.book(XBT_C, GBP_C)
+    assert [(o.id, abs(o.quantity)) for o in bids] == [(first.id, 1_000_033), (second.id, 500_000)]
+    moved = ceil_div(1_000_033 * 2_999_000 * mul, den) - ceil_div(1_000_000 * 2_999_000 * mul, den)
+    assert moved > 0
+    avail, reserved = ex.balances(1)[GBP_C]
+    assert (avail, reserved) == (before[0] - moved, before[1] + moved)
+    assert ex.set_remaining(ask.id, 600_000)  # type: ignore[attr-defined]
+    assert ex.balances(2)[XBT_C] == (1 * 10**8 - 600_000, 600_000)
+    # extra: a bid holds more than the formula until its next fill, which returns it
+    assert ex.set_remaining(first.id, 1_000_000, 50)  # type: ignore[attr-defined]
+    assert ex._orders[first.id].reserved == ceil_div(1_000_000 * 2_999_000 * mul, den) + 50  # type: ignore[attr-defined]
+    h.place(s2, -400_000, 2_999_000)
+    ex.check_invariants()
+    assert ex._orders[first.id].quantity == 600_000  # type: ignore[attr-defined]
+    # 0 closes (OrderClosed, reservation back); refused: unknown order, negative, unfunded, extra on an ask
+    assert ex.set_remaining(second.id, 0)  # type: ignore[attr-defined]
+    assert [type(n).__name__ for n in h.notices(s1)][-2:] == ["OrderClosed", "BalanceChanged"]
+    assert not ex.set_remaining(second.id, 5)  # type: ignore[attr-defined]
+    assert not ex.set_remaining(first.id, -1)  # type: ignore[attr-defined]
+    assert not ex.set_remaining(first.id, 10**12)  # type: ignore[attr-defined]
+    assert not ex.set_remaining(ask.id, 10, 1)  # type: ignore[attr-defined]
+    ex.check_invariants()
+    assert ex.supply() == supply

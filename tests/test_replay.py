@@ -194,15 +194,12 @@ def test_recorded_cancel_ahead_moves_us_up_the_queue(tmp_path):
     # 12 was ahead of us: it buys first, we take the rest.
     r = replay(tmp_path, rd, [["buy", "29990.00", "0.01"]])
     fills = r.result.fills  # type: ignore[attr-defined]
-    if exact(r):
-        # Its copy (user M) buys as much as its reservation pays with M's maker fee (100 ppm:
-        # the largest x with ceil(x*p) + fee <= ceil(0.01*p)) -- an artifact of the exact
-        # path, where the recorded users' copies pay the replay's fees.
-        reserved = -(-1_000_000 * 2_999_000 // 10**8)
-        twelve = (reserved * 10**6 // (10**6 + 100)) * 10**8 // 2_999_000
-        assert twelve == 999_899
-    else:
-        twelve = 1_000_000  # the fast path trades recorded orders for what the recording holds
+    # Both paths: 12 buys all it holds.  (The exact path's copy of 12, user M, pays the
+    # replay's maker fee out of its reservation, which alone would buy only the largest x
+    # with ceil(x*p) + fee <= ceil(0.01*p): it must not pass that difference on to us.)
+    reserved = -(-1_000_000 * 2_999_000 // 10**8)
+    assert (reserved * 10**6 // (10**6 + 100)) * 10**8 // 2_999_000 == 999_899
+    twelve = 1_000_000
     assert [(f.price, f.quantity, f.time_us) for f in fills] == [(2_999_000, 1_500_000 - twelve, t + 1)]
 
 
@@ -482,9 +479,10 @@ def test_a_resnapshot_resynchronises_the_recorded_book(tmp_path):
 
 
 def test_a_stand_in_sell_never_shows_in_the_strategy_feed(tmp_path):
-    # The recording says bid 10, the only bid, bought all 0.01; its stand-in pays the maker
-    # fee out of its reservation, so it takes 999 899 units and the stand-in sell has 101
-    # left, which must not rest: it is cancelled at once and the strategy never sees it.
+    # The recording says bid 10, the only bid, bought all 0.01.  Its copy pays the replay's
+    # maker fee out of its reservation, which alone would buy only 999 899 units and leave
+    # the stand-in sell 101 that cannot rest; the copy buys what the recording says (it is
+    # reserved enough for this fill), and the stand-in sell, filled, is never seen.
     t = T0 + 1_000_000
     snap = WatchOrdersReply(orders=[BookOrder(id=1, quantity=-1_000_000, price=3_001_000, time=T0 - 2),
                                     BookOrder(id=10, quantity=1_000_000, price=2_999_000, time=T0 - 1)])
@@ -505,12 +503,55 @@ def test_a_stand_in_sell_never_shows_in_the_strategy_feed(tmp_path):
     assert (view.best_bid, view.best_ask) == (None, 3_001_000)
     bids, asks = probe.exchange.book(B, C)
     if exact(probe):
-        assert probe.stats.transient_rests == 1
+        assert probe.stats.transient_rests == 0
         kinds = [type(n).__name__ for n in seen]
         assert kinds == ["OrdersMatched", "OrderClosed"]  # the trade, then bid 10's stand-in leaves
-        assert seen[1].quantity == 0
+        assert (seen[0].quantity, seen[0].bid_rem, seen[1].quantity) == (1_000_000, 0, 0)
+        # the recorded taker was a market sell: no ask side (not the stand-in's limit order)
+        assert seen[0].ask is UNSET and seen[0].ask_rem is UNSET
+        probe.exchange.check_invariants()
         assert bids == [] and [o.price for o in asks] == [3_001_000]
     else:
         # the fast path applies recorded events to the view in compiled batches (no notices)
         # and, with no order of ours to reach, sends no stand-in and keeps no copies
         assert seen == [] and probe.stats.flow_sent == 0 and bids == asks == []
+
+
+@pytest.mark.parametrize("taker_buy", [False, True])
+def test_the_strategy_sees_the_recorded_taker(tmp_path, taker_buy):
+    # A recorded limit taker (id 20) left with a remaining: the exact path's stand-in (a
+    # limit sell, or a market buy) trades in its place, and the strategy's feed shows the
+    # recorded taker's remaining under an id no replay order has -- not the stand-in's id
+    # and remaining 0 (or no id at all for the market buy).
+    t = T0 + 1_000_000
+    snap = WatchOrdersReply(orders=[BookOrder(id=1, quantity=-1_000_000, price=3_001_000, time=T0 - 2),
+                                    BookOrder(id=10, quantity=1_000_000, price=2_999_000, time=T0 - 1)])
+    if taker_buy:
+        n = matched(t, 400_000, 3_001_000, bid=20, bid_rem=600_000, ask=1, ask_rem=600_000)
+    else:
+        n = matched(t, 400_000, 2_999_000, bid=10, bid_rem=600_000, ask=20, ask_rem=700_000)
+    rd = replay_data_from_messages([(T0, XBT_GBP, snap), (t, None, n)], "<one taker>")
+    cfg = load_run_config(str(config(tmp_path, [])))
+    probe = Replay(cfg, rd, ReplayOptions())
+    seen: list[Any] = []
+    on_notice = probe.core.on_notice
+
+    def spy(x: Notice) -> None:
+        seen.append(x)
+        on_notice(x)
+
+    probe.core.on_notice = spy  # type: ignore[method-assign]
+    probe.run()
+    trades = [x for x in seen if type(x) is OrdersMatched]
+    if not exact(probe):
+        assert trades == []  # the fast path applies recorded events to the view in batches
+        return
+    (m,) = trades
+    if taker_buy:
+        assert (m.bid & 0xFFFF, m.bid_rem, m.ask_rem) == (20, 600_000, 600_000)
+        assert m.bid not in probe.exchange._orders
+    else:
+        assert (m.ask & 0xFFFF, m.ask_rem, m.bid_rem) == (20, 700_000, 600_000)
+        assert m.ask not in probe.exchange._orders
+    view = probe.core.books[XBT_GBP]
+    assert (view.best_bid_qty if not taker_buy else view.best_ask_qty) == 600_000

@@ -1184,6 +1184,46 @@ class Exchange:
         acct = self._accounts[user_id]
         return {a: (acct.avail[a], acct.reserved[a]) for a in self._assets}
 
+    def set_remaining(self, order_id: int, quantity: int, extra: int = 0) -> bool:
+        """Set a resting order's remaining ``quantity`` in place (its queue position kept),
+        with the reservation a resting order of that quantity holds (``ceil(quantity *
+        price)`` for a bid, ``quantity`` for an ask), the difference moved between its
+        owner's reserved and available balances; 0 closes it (OrderClosed, as a cancel).
+        Replays only (backtests.replay: the copies of recorded orders follow the recorded
+        remainders); the live exchange never calls it.  Sends no notice but the close and
+        its BalanceChanged.  ``extra`` (a bid's only): reserve that much more, so that the
+        fee and the rounding of its next fill cannot cut what it keeps (that fill returns
+        what it does not need, as every fill of a bid does; until then the reservation
+        is above O6's formula: call this again if no fill comes).  False, and nothing
+        changed, if the order is not resting, an argument is negative, or the owner cannot
+        fund a larger reservation."""
+        o = self._orders.get(order_id)
+        if o is None or quantity < 0 or extra < 0 or (extra and not o.is_bid):
+            return False
+        acct = self._accounts[o.user_id]
+        if quantity == 0:
+            self._close_order(o, acct)
+            if self._touched:
+                self._flush_tickers()
+            return True
+        if o.is_bid:
+            book = self._books[(o.base, o.counter)]
+            need = ceil_div(quantity * o.price * book.mul, book.den) + extra
+            asset = o.counter
+        else:
+            need = quantity
+            asset = o.base
+        delta = need - o.reserved
+        if delta > acct.avail[asset]:
+            return False
+        acct.avail[asset] -= delta
+        acct.reserved[asset] += delta
+        o.reserved = need
+        o.quantity = quantity
+        if delta and acct.listeners:
+            self._notify_balance(acct, asset)
+        return True
+
     def fees_collected(self) -> dict[int, int]:
         return dict(self._fees)
 
