@@ -456,6 +456,7 @@ class Connection:
         self._torn_down = trio.Event()
         self._bg_scope = trio.CancelScope()
         self._last_rx = trio.current_time()
+        self._clock = trio.lowlevel.current_clock().current_time  # trio.current_time, 2 calls fewer
         self._ping_ids = itertools.count(1)
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._writes = 0  # commands written (the reader's yield after sending)
@@ -532,7 +533,7 @@ class Connection:
             raise trio.WouldBlock
         if self._governor is not None:
             metric = METRIC_FOR_METHOD.get(command.__struct_config__.tag)  # type: ignore[arg-type]  # metric_for, inline
-            if metric is not None and not self._governor.take_nowait(metric):
+            if metric is not None and not self._governor.take_nowait(metric, self._clock()):
                 raise trio.WouldBlock
         tag, pending, written = self._write(command, echo)
         if not written and self._close_reason is None:

@@ -478,8 +478,15 @@ class _Connection:
                           trio.current_time() + self._rng.uniform(0, self.chaos.notice_delay))
             self._last_notice_release = release
             self._hold(release, frame)
-        else:
-            self._queue(frame)
+            return
+        # _queue, inline: this runs for every notice to every connection.
+        corked = self.server._corked
+        if corked is not None:
+            if not self._cork:
+                corked.append(self)
+            self._cork.append(frame)
+            return
+        self._write(frame)
 
     def _queue(self, frame: bytes) -> None:
         corked = self.server._corked
