@@ -623,11 +623,14 @@ class Connection:
         if self._close_reason is not None:
             return  # the session is over: nothing may follow its SessionEnded marker
         if not self._shared.queue.put(event, self.session):
-            q = self._shared.queue
-            self._declare_broken(
-                f"own notice queue overflow ({q.max_own} unread own notices): "
-                "the application is not keeping up; reconnect and reconcile"
-            )
+            self._put_overflowed()
+
+    def _put_overflowed(self) -> None:
+        q = self._shared.queue
+        self._declare_broken(
+            f"own notice queue overflow ({q.max_own} unread own notices): "
+            "the application is not keeping up; reconnect and reconcile"
+        )
 
     def _mark_session_started(self) -> None:
         if not self._marked and self._close_reason is None:
@@ -816,8 +819,9 @@ class Connection:
         elif isinstance(frame, Welcome):
             shared.counters.malformed_frames += 1
             shared.logs.warning("welcome", "session %d: ignored a second Welcome", self.session)
-        else:
-            self._put(frame)
+        elif self._close_reason is None:  # _put, inline (every notice received)
+            if not shared.queue.put(frame, self.session):
+                self._put_overflowed()
 
     def _on_malformed(self, message: str, error: RemoteProtocolError) -> None:
         shared = self._shared
