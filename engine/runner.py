@@ -157,6 +157,7 @@ class Runner:
         self._out_lot = trio.lowlevel.ParkingLot()  # the dispatcher parks here
         self._writing = False  # a send of an order command is in progress (single writer)
         self._inline_error: BaseException | None = None
+        self._pop_event: Callable[[], Any] = lambda: None  # the client queue's pop_nowait once connected
         self._replies: deque[tuple[float, Outgoing, ReplyWaiter]] = deque()  # by deadline
         self._epoch_us = 0
         self._now: Callable[[], float] = trio.current_time
@@ -213,6 +214,9 @@ class Runner:
                 nursery.start_soon(self._events)
                 nursery.start_soon(self._dispatch)
                 nursery.start_soon(self._reply_timeouts)
+                # The client's queue is one for its whole life (all sessions): bind its
+                # pop once, not through the client's property once per frame.
+                self._pop_event = self.client.notices.pop_nowait
                 self.client.after_frame = self._inline
                 for m in self.core.books:
                     await self.client.watch_orders(m.base.code, m.counter.code)
@@ -465,7 +469,7 @@ class Runner:
             return
         try:
             # _take_events, inline (once per frame received).
-            pop = self.client.notices.pop_nowait  # type: ignore[union-attr]
+            pop = self._pop_event
             while (ev := pop()) is not None:
                 self._on_event(ev)
         except BaseException as e:  # raised again by _events, in the runner's own task
@@ -474,7 +478,7 @@ class Runner:
     def _take_events(self) -> None:
         """Take and apply every queued event, in order (no checkpoint between taking an
         event and applying it, so the inline path and _events can never reorder them)."""
-        pop = self.client.notices.pop_nowait  # type: ignore[union-attr]
+        pop = self._pop_event
         while (ev := pop()) is not None:
             self._on_event(ev)
 

@@ -41,6 +41,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -225,11 +226,21 @@ class WebSocket:
         self._buf = bytearray(buffered)
         self._out = bytearray()
         self._send_lock = trio.Lock()
+        # True while flush() has taken bytes off _out and not yet written them all: the span
+        # in which a direct write would interleave.  A plain flag, not _send_lock.locked()
+        # (a Python call, made before every order sent and every exchange write).
+        self._flushing = False
         # A plain TCP socket is read and written with direct non-blocking system calls;
         # anything else (TLS, memory streams) goes through the stream's own methods.
         # (The socket is trio's own, non-blocking; os.read/os.write on its descriptor are
         # recv/send without flags.  fileno() is -1 once trio closed it.)
         self._sock: trio.socket.SocketType | None = stream.socket if isinstance(stream, trio.SocketStream) else None
+        # The descriptor's getter, bound once: the stdlib socket's own C method when trio's
+        # socket wraps one (trio's fileno() is a Python call forwarding to it, on every
+        # read and write of a tick; both answer -1 once the socket is closed).
+        self._fileno: Callable[[], int] | None = (
+            None if self._sock is None else getattr(self._sock, "_sock", self._sock).fileno
+        )
         # The client acknowledges what it has read before it waits (see _ack_now).
         self._ack_when_idle = client and self._sock is not None and _QUICKACK is not None
         self._ack_owed = False  # bytes were read since the reader last idled
@@ -256,13 +267,13 @@ class WebSocket:
     @property
     def sending(self) -> bool:
         """True while a :meth:`flush` is writing (new bytes then queue behind it)."""
-        return self._send_lock.locked()
+        return self._flushing
 
     @property
     def idle(self) -> bool:
         """Nothing queued and no flush writing: a write would go to the socket at once (one
         test for ``not pending_bytes and not sending``, made before every order sent)."""
-        return not self._out and not self._send_lock.locked()
+        return not self._out and not self._flushing
 
     @property
     def pending_bytes(self) -> int:
@@ -300,9 +311,9 @@ class WebSocket:
             raise WebSocketClosed(self._closed or CloseReason(1006, "close already sent"))
         out = self._out
         out += data
-        sock = self._sock
-        if sock is not None and not self._send_lock.locked():
-            fd = sock.fileno()
+        fileno = self._fileno
+        if fileno is not None and not self._flushing:
+            fd = fileno()
             if fd < 0:
                 return False  # closed under us: flush() reports it
             try:
@@ -319,15 +330,19 @@ class WebSocket:
         """Write everything queued (one ``send_all`` per batch; waits while the peer is slow)."""
         async with self._send_lock:
             out = self._out
-            while out:
-                data = bytes(out)
-                out.clear()
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                    self._closed = self._closed or CloseReason(1006, f"send failed: {e}")
-                    raise WebSocketClosed(self._closed) from None
-                self.last_traffic = self._clock()
+            try:
+                while out:
+                    data = bytes(out)
+                    out.clear()
+                    self._flushing = True
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                        self._closed = self._closed or CloseReason(1006, f"send failed: {e}")
+                        raise WebSocketClosed(self._closed) from None
+                    self.last_traffic = self._clock()
+            finally:
+                self._flushing = False
 
     async def send(self, message: str | bytes) -> None:
         """Send one message (text for ``str``, binary for ``bytes``) as one frame."""
@@ -359,12 +374,12 @@ class WebSocket:
 
     async def _read_more(self) -> None:
         """Append at least one byte to the buffer or raise WebSocketClosed (1006)."""
-        sock = self._sock
+        sock, fileno = self._sock, self._fileno
         data: bytes | bytearray
-        if sock is not None:
+        if sock is not None and fileno is not None:
             while True:
                 try:
-                    data = os.read(sock.fileno(), RECEIVE_SIZE)
+                    data = os.read(fileno(), RECEIVE_SIZE)
                 except (BlockingIOError, InterruptedError):
                     if self._ack_owed:
                         self._ack_owed = False
@@ -609,7 +624,7 @@ class WebSocket:
         """Mark the connection closed without a handshake (the stream is the caller's to close)."""
         if self._closed is None:
             self._closed = CloseReason(1006, "aborted")
-        self._sock = None
+        self._sock = self._fileno = None
 
 
 # -- the opening handshake ---------------------------------------------------------------

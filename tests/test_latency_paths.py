@@ -8,6 +8,8 @@ view's reservation for a sent order.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 import trio.testing
@@ -293,3 +295,80 @@ async def test_websocket_idle_is_nothing_pending_and_not_sending():
         assert ws.sending and not agrees()  # flushing, peer not reading yet
         assert await b.receive_some() == b"abc"
     assert agrees()
+
+
+async def test_take_nowait_with_the_callers_time_decides_as_without(autojump_clock):
+    """``take_nowait(metric, now)`` (the connection passes its bound clock's reading) takes
+    exactly what ``take_nowait(metric)`` takes, and an unknown metric still names the known."""
+    with_now = Governor({"orders": Limit(3, 2.0)}, safety_factor=1.0)
+    without = Governor({"orders": Limit(3, 2.0)}, safety_factor=1.0)
+    for _ in range(4):
+        for _ in range(5):
+            assert with_now.take_nowait("orders", trio.current_time()) is without.take_nowait("orders")
+        await trio.sleep(0.7)
+    assert with_now.statistics().metrics["orders"].granted == without.statistics().metrics["orders"].granted > 3
+    # A time later than trio's says the window has passed (the caller's reading is used).
+    late = Governor({"orders": Limit(1, 10.0)}, safety_factor=1.0)
+    assert late.take_nowait("orders") and not late.take_nowait("orders")
+    assert late.take_nowait("orders", trio.current_time() + 10.0)
+    with pytest.raises(ValueError, match="known: orders"):
+        late.take_nowait("bogus", trio.current_time())
+
+
+async def test_websocket_bound_fileno_is_the_sockets_and_minus_one_once_closed():
+    """The transport reads and writes through the stdlib socket's own ``fileno`` (bound
+    once, one Python call fewer per system call than trio's forwarding method): the same
+    descriptor while open, -1 once closed, and no descriptor at all after ``abort``."""
+    from engine.errors import WebSocketClosed
+    from engine.ws import WebSocket
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    ws = WebSocket(client, client=True)
+    assert ws._fileno is not None and ws._fileno() == client.socket.fileno() >= 0
+    assert ws.write_nowait(b"hello")  # a direct write through it
+    assert await server.receive_some(5) == b"hello"
+    await client.aclose()
+    assert ws._fileno() == client.socket.fileno() == -1
+    assert not ws.write_nowait(b"late")  # the descriptor is gone: nothing written...
+    with pytest.raises(WebSocketClosed):
+        await ws.flush()  # ...and the flush reports it
+    ws.abort()
+    assert ws._fileno is None and ws._sock is None
+    await server.aclose()
+    await listeners[0].aclose()
+
+
+async def test_websocket_write_during_a_flush_queues_behind_it():
+    """While :meth:`flush` is writing bytes it took off the queue, ``sending`` holds and a
+    direct write must queue behind them (written by that flush, in order), not interleave;
+    once the flush has ended the next write goes to the socket at once again."""
+    from engine.ws import WebSocket
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    server = await listeners[0].accept()
+    ws = WebSocket(client, client=True)
+    big = b"x" * (8 << 20)  # more than the socket buffers take while nobody reads
+    ws.write_nowait(big)
+    assert ws.pending_bytes > 0 and not ws.sending
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ws.sending and not ws.idle  # flush took the rest and waits for the peer
+        # Make room in the socket without a checkpoint (the flush cannot run meanwhile): a
+        # direct write would now land in the middle of the bytes the flush still holds.
+        received += os.read(server.socket.fileno(), 1 << 20)
+        assert not ws.write_nowait(b"tail")  # queued behind them instead
+        while len(received) < len(big) + 4:
+            received += await server.receive_some(1 << 20)
+    assert not ws.sending and ws.idle
+    assert bytes(received[-4:]) == b"tail" and received.count(b"tail") == 1
+    assert ws.write_nowait(b"next") and await server.receive_some(4) == b"next"
+    await client.aclose()
+    await server.aclose()
+    await listeners[0].aclose()
