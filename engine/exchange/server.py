@@ -479,14 +479,7 @@ class _Connection:
             self._last_notice_release = release
             self._hold(release, frame)
             return
-        # _queue, inline: this runs for every notice to every connection.
-        corked = self.server._corked
-        if corked is not None:
-            if not self._cork:
-                corked.append(self)
-            self._cork.append(frame)
-            return
-        self._write(frame)
+        self._queue(frame)
 
     def _queue(self, frame: bytes) -> None:
         corked = self.server._corked
