@@ -631,12 +631,7 @@ class FastReplay(Replay):
     def _after_hooks(self) -> None:
         """What Replay._receive does after the core ran a hook: send intents, mark fills."""
         self._flush()
-        core = self.core
-        if len(core.fills) != self._nfills:
-            names = sorted({nm for nm, _ in core.fills[self._nfills:]}, key=self._index.__getitem__)
-            self._nfills = len(core.fills)
-            for nm in names:
-                self._mark(nm)
+        self._mark_new_fills()
 
     def _trade_event(self, i: int, market: Market) -> None:
         """A recorded trade for a strategy that overrides ``on_trade``: as a notice."""

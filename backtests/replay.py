@@ -1108,6 +1108,11 @@ class Replay:
                     self._push_timer(self.now_us + int(float(interval) * 1e6), _T_TIMER, name)
             self._push_timer(self.now_us, _T_MARK)
         self._flush()
+        self._mark_new_fills()
+
+    def _mark_new_fills(self) -> None:
+        """An equity mark for each strategy (in config order) that was filled since the last call."""
+        core = self.core
         if len(core.fills) != self._nfills:
             names = sorted({n for n, _ in core.fills[self._nfills:]}, key=self._index.__getitem__)
             self._nfills = len(core.fills)

@@ -55,11 +55,10 @@ class MarketMaker(Strategy):
         self.skew = ctx.price(p.skew_per_size)
         self.max_inv = ctx.amount(p.max_inventory)
         self.threshold = max(ctx.price(p.requote_threshold), 1)
-        self.mids: deque[int] = deque(maxlen=max(p.vol_window, 2))
-        # The mid changes over the window and their running sum and sum of squares, so that
-        # sigma() is O(1) per book update instead of a pass over the window (same integers).
-        self.diffs: deque[int] = deque()
-        self.max_diffs = max(p.vol_window, 2) - 1
+        # The last mid, the mid changes over the window (vol_window mids: one change fewer)
+        # and their running sum and sum of squares: sigma() is O(1) per book update.
+        self.last_mid: int | None = None
+        self.diffs: deque[int] = deque(maxlen=max(p.vol_window, 2) - 1)
         self.sum_d = 0
         self.sum_d2 = 0
         self.vol_mult = p.vol_mult_pct
@@ -69,19 +68,21 @@ class MarketMaker(Strategy):
 
     def add_mid(self, mid: int) -> None:
         """Record a new mid (a repeat of the last one is not a sample)."""
-        mids = self.mids
-        if mids and mids[-1] == mid:
+        last = self.last_mid
+        if last == mid:
             return
-        if mids:
-            d = mid - mids[-1]
-            self.diffs.append(d)
-            self.sum_d += d
-            self.sum_d2 += d * d
-            if len(self.diffs) > self.max_diffs:
-                old = self.diffs.popleft()
-                self.sum_d -= old
-                self.sum_d2 -= old * old
-        mids.append(mid)
+        self.last_mid = mid
+        if last is None:
+            return
+        diffs = self.diffs
+        if len(diffs) == diffs.maxlen:  # the oldest change leaves the window
+            old = diffs[0]
+            self.sum_d -= old
+            self.sum_d2 -= old * old
+        d = mid - last
+        diffs.append(d)
+        self.sum_d += d
+        self.sum_d2 += d * d
 
     def sigma(self) -> int:
         """Standard deviation of mid changes in price units (integer, floor)."""
