@@ -8,10 +8,16 @@
       ──► encode + WebSocket frame + socket write ──► 127.0.0.1 TCP ──► server reader task:
       frame parse + decode of the PlaceOrder
 
-t0 is taken just before another user's ask is injected into the exchange core (through an
-internal session, so the *exchange* emits the OrderOpened that moves the best ask); t1 is when
+The tick is another user's ask, injected into the exchange core through an internal session,
+so the *exchange* emits the OrderOpened that moves the best ask.  t0 is when the exchange
+emits that notice: just before the server's socket ``write`` of the frame that carries it
+(the connection's ``write_nowait`` is wrapped), the start the issue names ("the exchange
+emits a notice → the strategy decides → the exchange receives the PlaceOrder").  t1 is when
 the server hands the runner's PlaceOrder to the core (``Exchange.handle`` is wrapped; nothing
-in server.py is changed).  Both are ``time.perf_counter_ns`` in this one process: the exchange
+in server.py is changed).  ``inject_to_order`` reports the stricter span the figures used
+until session 5: from just before the ask is injected, so it adds the exchange core's
+handling of that other user's order (validation, matching, booking, building and encoding
+OrderOpened and TickerChanged) to every tick.  Both are ``time.perf_counter_ns`` in this one process: the exchange
 server and the runner share one trio loop and one core, as with ``cftrade run`` and its
 embedded exchange.  The runner is the production :class:`~engine.runner.Runner` with
 ``transport="tcp"``; only its rate limits are raised (LIMITS.md's 1 order/s would make 2,000
@@ -180,6 +186,7 @@ class Injector:
     def __init__(self, exchange: Any) -> None:
         self.exchange = exchange
         self.t1: int | None = None
+        self.t_emit: int | None = None
         self.arrived = trio.Event()
         self.places: list[PlaceOrder] = []
         self.watching = trio.Event()
@@ -202,13 +209,35 @@ class Injector:
             exchange.handle(maker, PlaceOrder(base=XBT.code, counter=GBP.code, quantity=q, price=p))
         self.xbt_before = exchange.balances(USER)[XBT.code][0]
 
-    async def tick(self, k: int, settled: Any = None) -> int:
-        """Inject tick ``k``; returns t1 - t0 in ns once the runner's PlaceOrder arrived (and,
-        with ``settled``, once that awaitable factory says the runner is done with it)."""
+    def watch_emission(self, server: Any) -> None:
+        """Stamp ``t_emit`` just before the server writes the runner's first frame of a tick.
+
+        Wraps the ``write_nowait`` of the runner's connection on ``server`` (the one
+        :class:`~engine.exchange.server.ExchangeServer` instance, not the class).  The frame
+        written is the tick's OrderOpened and TickerChanged, corked into one ``write``."""
+        ws: Any = next(c.ws for c in server._open if c.session is not None and c.session.user_id == USER)
+        write = ws.write_nowait
+        clock = time.perf_counter_ns
+
+        def write_nowait(data: bytes) -> bool:
+            if self.t_emit is None:
+                self.t_emit = clock()
+            return write(data)
+
+        ws.write_nowait = write_nowait
+        self.t_emit = 0  # armed by tick()
+
+    async def tick(self, k: int, settled: Any = None) -> tuple[int, int]:
+        """Inject tick ``k``; returns (t1 - t_emit, t1 - t0) in ns once the runner's PlaceOrder
+        arrived (and, with ``settled``, once that awaitable factory says the runner is done
+        with it).  Without :meth:`watch_emission` the first is 0."""
         self.arrived = trio.Event()
         price = BASE_PRICE - (k % 100)
         cmd = PlaceOrder(base=XBT.code, counter=GBP.code, quantity=-SIZE, price=price)
+        watched = self.t_emit is not None
         with trio.fail_after(5):  # entered before t0: the harness's own cost stays outside
+            if watched:
+                self.t_emit = None  # armed: the next write to the runner is this tick's notice
             t0 = time.perf_counter_ns()
             self.exchange.handle(self.session, cmd)  # the core delivers OrderOpened to the runner now
             await self.arrived.wait()
@@ -216,7 +245,10 @@ class Injector:
                 await settled()
         assert self.t1 is not None
         self.t0 = t0
-        return self.t1 - t0
+        if not watched:
+            return 0, self.t1 - t0
+        assert self.t_emit is not None and t0 <= self.t_emit <= self.t1, "the notice went out outside its tick"
+        return self.t1 - self.t_emit, self.t1 - t0
 
     def check(self, ticks: int) -> list[str]:
         """Self-check after ``ticks`` ticks: one exact PlaceOrder each, all filled."""
@@ -328,6 +360,7 @@ async def run_inprocess(ticks: int, breakdown_ticks: int, rate: float, warmup: i
         async with trio.open_nursery() as nursery:
             await nursery.start(go)
             inj = Injector(runner.exchange)
+            inj.watch_emission(runner.server)
             taker = _taker(runner)
 
             async def settled() -> None:
@@ -339,13 +372,17 @@ async def run_inprocess(ticks: int, breakdown_ticks: int, rate: float, warmup: i
                 await inj.tick(k, settled)
             gc.collect()
             plain: list[int] = []
+            injected: list[int] = []
             start = trio.current_time()
             for k in range(ticks):
                 await trio.sleep_until(start + k / rate)
-                plain.append(await inj.tick(warmup + k, settled))
+                emitted, whole = await inj.tick(warmup + k, settled)
+                plain.append(emitted)
+                injected.append(whole)
             elapsed = trio.current_time() - start
             stages: dict[str, list[int]] = {name: [] for name, _, _ in BREAKDOWN}
             totals: list[int] = []
+            totals_emit: list[int] = []
             if breakdown_ticks:
                 taker.marks = []
                 st = Stages(runner).stamps
@@ -354,7 +391,9 @@ async def run_inprocess(ticks: int, breakdown_ticks: int, rate: float, warmup: i
                     await trio.sleep_until(start2 + k / rate)
                     st.clear()
                     st["t0"] = time.perf_counter_ns()  # refined below to the injector's own t0
-                    totals.append(await inj.tick(warmup + ticks + k, settled))
+                    emitted, whole = await inj.tick(warmup + ticks + k, settled)
+                    totals.append(whole)
+                    totals_emit.append(emitted)
                     st["t0"], st["t1"] = inj.t0, inj.t1 or 0
                     st["hook"], st["emitted"] = taker.marks[-1]
                     if all(a in st and b in st for _, a, b in BREAKDOWN):
@@ -377,12 +416,14 @@ async def run_inprocess(ticks: int, breakdown_ticks: int, rate: float, warmup: i
             "rate_per_s": rate,
             "achieved_per_s": round(ticks / elapsed, 1),
             "tick_to_order": _summary(plain),
+            "inject_to_order": _summary(injected),
             "goal_p50_us": 150,
         }
         if totals:
             out["breakdown"] = {
                 "ticks": len(totals),
-                "tick_to_order_instrumented": _summary(totals),
+                "tick_to_order_instrumented": _summary(totals_emit),
+                "inject_to_order_instrumented": _summary(totals),
                 "stages_p50_us": {name: round(_pct([v / 1000 for v in vals], 0.5), 1)
                                   for name, vals in stages.items() if vals},
                 "stages_mean_us": {name: round(statistics.fmean(vals) / 1000, 1)
@@ -414,20 +455,25 @@ async def serve_split(ticks: int, rate: float, warmup: int) -> int:
         with trio.fail_after(60):  # the runner connects, subscribes and reconciles
             await inj.watching.wait()
         await trio.sleep(0.5)  # its start-up barrier and on_start
+        inj.watch_emission(server)
         gap = 1.0 / rate
         for k in range(warmup):
             await inj.tick(k)
             await trio.sleep(gap)
         gc.collect()
         lat: list[int] = []
+        injected: list[int] = []
         start = trio.current_time()
         for k in range(ticks):
             await trio.sleep_until(start + k / rate)
-            lat.append(await inj.tick(warmup + k))
+            emitted, whole = await inj.tick(warmup + k)
+            lat.append(emitted)
+            injected.append(whole)
         elapsed = trio.current_time() - start
         await trio.sleep(0.2)  # the last fill's notices reach the runner
         problems = inj.check(warmup + ticks)
-        out = {"tick_to_order": _summary(lat), "achieved_per_s": round(ticks / elapsed, 1), "problems": problems}
+        out = {"tick_to_order": _summary(lat), "inject_to_order": _summary(injected),
+               "achieved_per_s": round(ticks / elapsed, 1), "problems": problems}
         print(json.dumps(out), flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
@@ -489,6 +535,7 @@ async def run_split(ticks: int, rate: float, warmup: int) -> dict[str, Any]:
         "rate_per_s": rate,
         "achieved_per_s": child["achieved_per_s"],
         "tick_to_order": child["tick_to_order"],
+        "inject_to_order": child["inject_to_order"],
         "goal_p50_us": 150,
         "checks": "ok",
     }
@@ -523,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     out = trio.run(run_inprocess, args.ticks, args.breakdown, args.rate, args.warmup)
     if args.split:
         split = trio.run(run_split, args.ticks, args.rate, args.warmup)
-        out["split"] = {k: split[k] for k in ("mode", "achieved_per_s", "tick_to_order")}
+        out["split"] = {k: split[k] for k in ("mode", "achieved_per_s", "tick_to_order", "inject_to_order")}
     print(json.dumps(out))
     return 0
 
