@@ -16,7 +16,7 @@ embedded local exchange, so nothing touches the network)::
         market: "XBT:GBP"
         params: {size: "0.01"}
 
-The sections, top to bottom: ``exchange`` (embedded, or a ``url`` with credentials named by
+The sections, top to bottom: ``exchange`` (``embedded``, the default, or a ``url`` with credentials named by
 :class:`~engine.configload.SecretRef`), ``markets``, ``strategies`` (each with its own
 ``params`` validated by the strategy's ``Config`` class, plus optional ``risk`` and
 ``order_rate``), ``risk`` (global limits), ``rate_limits`` (safety factor against
@@ -83,7 +83,11 @@ class ExchangeConfig(ConfigStruct, frozen=True, kw_only=True):
     required except to loopback hosts (127.0.0.0/8, ::1, localhost).  A non-loopback URL is
     live trading: it needs ``live: true`` here *and* the ``--live`` flag on the command line
     (the runner checks the flag; see :meth:`assert_live_allowed`).
+
+    ``exchange: embedded`` is the same as leaving the section out (or ``exchange: {}``).
     """
+
+    __config_shorthands__: ClassVar[tuple[str, ...]] = ("embedded",)
 
     url: str | None = None
     """WebSocket URL of the exchange (wss://host/path), or null for the embedded exchange."""

@@ -600,6 +600,11 @@ def _field_name_hint(key: str, names: list[str]) -> str:
 def _struct(node: _Node, t: mi.StructType, path: tuple[str | int, ...], ctx: _Ctx) -> Any:
     cls = t.cls
     name = getattr(cls, "__config_name__", None) or "a mapping"
+    shorthands: tuple[str, ...] = getattr(cls, "__config_shorthands__", ())
+    if shorthands and isinstance(node, _Scalar) and node.kind == "str" and node.text in shorthands:
+        node = _Map([], node.line)  # a named default (``exchange: embedded``): all defaults
+    if shorthands and not isinstance(node, _Map):
+        name = f"{name} or {' or '.join(repr(s) for s in shorthands)}"
     if not isinstance(node, _Map):
         if cls is SecretRef and isinstance(node, _Scalar) and node.kind != "null":
             # Never echo it: this is very likely the secret itself.
@@ -997,6 +1002,12 @@ def json_schema(type_: type, *, title: str | None = None) -> dict[str, Any]:
                 prop["description"] = docs[f.name]
         if cls is SecretRef:
             d["oneOf"] = [{"required": ["env"]}, {"required": ["file"]}]
+        shorthands = getattr(cls, "__config_shorthands__", ())
+        if shorthands:
+            obj = {k: v for k, v in d.items() if k not in ("title", "description")}
+            for k in list(obj):
+                del d[k]
+            d["anyOf"] = [{"enum": list(shorthands)}, obj]
     out: dict[str, Any] = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
     if title:
         out["title"] = title

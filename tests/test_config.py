@@ -233,3 +233,19 @@ def test_risk_limits_follow_the_api_version(tmp_path: Path) -> None:
     assert cfg.run.api_version == 1
     r = cfg.strategy_risk("t")
     assert (r.max_order_quantity, r.max_loss) == (1, 1025)  # "0.0001" XBT at 1e4, "10.25" EUR at 1e2
+
+
+def test_exchange_embedded_is_the_named_default() -> None:
+    # The issue names the section "exchange (embedded, or a URL ...)": the word itself works.
+    strategies = "strategies: [{name: a, class: h6_maker, market: 'XBT:GBP'}]\n"
+    for text in ("exchange: embedded\n", "exchange: 'embedded'\n", "exchange: {}\n", ""):
+        cfg = loads(text + strategies, RunConfig)
+        assert cfg.exchange == ExchangeConfig() and cfg.exchange.embedded
+    with pytest.raises(ConfigError, match=r"<string>:1: exchange: expected a mapping or 'embedded', got a plain string 'embeded'"):
+        loads("exchange: embeded\n" + strategies, RunConfig)
+    with pytest.raises(ConfigError, match=r"<string>:1: exchange: expected a mapping or 'embedded', got a boolean"):
+        loads("exchange: true\n" + strategies, RunConfig)
+    # The schema takes the word too, and still describes the mapping.
+    d = config_cli.run_config_schema()["$defs"]["ExchangeConfig"]
+    assert d["anyOf"][0] == {"enum": ["embedded"]}
+    assert d["anyOf"][1]["additionalProperties"] is False and "url" in d["anyOf"][1]["properties"]
