@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cftrade run: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result.summary, indent=2))
-    print(f"cftrade run: summary written to {summary_path}", file=sys.stderr)
+    # resolve(): the configs say "../runs/NAME"; show where that is, not configs/../runs
+    print(f"cftrade run: summary written to {Path(summary_path).resolve()}", file=sys.stderr)
     return result.exit_code
 
 
