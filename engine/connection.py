@@ -323,13 +323,17 @@ def _statistics(
 
 
 class _Pending:
-    __slots__ = ("command", "reply_type", "echo", "done", "reply", "error", "callback")
+    __slots__ = ("command", "reply_type", "echo", "done", "event", "reply", "error", "callback")
 
     def __init__(self, command: Command, reply_type: type[Reply], echo: bool) -> None:
         self.command = command
         self.reply_type = reply_type
         self.echo = echo
-        self.done = trio.Event()
+        # The outcome is known (reply or failure).  The trio.Event is made only for a task
+        # that awaits it (ReplyWaiter.wait): the runner's orders use the callback instead,
+        # and most commands are never awaited through an Event.
+        self.done = False
+        self.event: trio.Event | None = None
         self.reply: Reply | None = None
         self.error: BaseException | None = None
         self.callback: Callable[[], None] | None = None
@@ -342,15 +346,27 @@ class _Pending:
     def is_order(self) -> bool:
         return isinstance(self.command, _ORDER_COMMANDS)
 
+    def wait_event(self) -> trio.Event:
+        """The Event that is set once :attr:`done` (made on first use; already set if done)."""
+        event = self.event
+        if event is None:
+            event = self.event = trio.Event()
+            if self.done:
+                event.set()
+        return event
+
     def resolve(self, reply: Reply) -> None:
         self.reply = reply
-        self.done.set()
-        if self.callback is not None:
-            self.callback()
+        self._finish()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
-        self.done.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        if self.event is not None:
+            self.event.set()
         if self.callback is not None:
             self.callback()
 
@@ -381,22 +397,22 @@ class ReplyWaiter:
     @property
     def done(self) -> bool:
         """True once the reply, or the loss of the connection, is known."""
-        return self._pending.done.is_set()
+        return self._pending.done
 
     async def wait(self) -> Reply:
         """The reply; raises like :meth:`Connection.request`."""
         pending = self._pending
         try:
-            await pending.done.wait()
+            await pending.wait_event().wait()
         finally:
-            if not pending.done.is_set():
+            if not pending.done:
                 self._conn._abandon(self._tag, pending)
         return self.result()
 
     def result(self) -> Reply:
         """The reply once :attr:`done` (raises like :meth:`wait`); ``trio.WouldBlock`` before."""
         pending = self._pending
-        if not pending.done.is_set():
+        if not pending.done:
             raise trio.WouldBlock
         if pending.error is not None:
             raise pending.error
@@ -410,7 +426,7 @@ class ReplyWaiter:
         """Call ``callback()`` (a plain ``def`` that must not raise) as soon as :attr:`done`:
         in the task that learns the outcome (the reader for a reply), or now if it is known.
         This is :meth:`wait` without a task per command (the runner's orders)."""
-        if self._pending.done.is_set():
+        if self._pending.done:
             callback()
         else:
             self._pending.callback = callback
@@ -419,7 +435,7 @@ class ReplyWaiter:
         """Stop waiting (a timeout): a reply arriving later is late (a ``ReplyEvent`` with
         ``late=True`` in the notice stream) and the callback is not called."""
         pending = self._pending
-        if not pending.done.is_set():
+        if not pending.done:
             pending.callback = None
             self._conn._abandon(self._tag, pending)
 
@@ -569,7 +585,7 @@ class Connection:
             self._on_send_closed(tag, pending, e)
 
     def _on_send_closed(self, tag: int, pending: _Pending, e: WebSocketClosed) -> None:
-        if not pending.done.is_set():
+        if not pending.done:
             self._pending.pop(tag, None)
             pending.fail(self._lost(pending, _describe_close(e.reason)))
         # The reader may be waiting on a link that will never deliver again: end it now.

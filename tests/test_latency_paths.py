@@ -372,3 +372,38 @@ async def test_websocket_write_during_a_flush_queues_behind_it():
     await client.aclose()
     await server.aclose()
     await listeners[0].aclose()
+
+
+async def test_lazy_reply_event_behaves_like_the_eager_one():
+    """A command's reply Event is made only when a task awaits it (``_Pending.wait_event``):
+    a waiter that comes first is woken by the outcome, one that comes after finds it set (and
+    still checkpoints, as ``Event.wait`` does), and the callback runs after the Event is set,
+    as with the Event made for every command before."""
+    from engine.connection import _Pending
+    from engine.protocol.messages import PlaceOrder, PlaceOrderReply
+
+    cmd = PlaceOrder(tag=1, base=1, counter=2, quantity=1, price=1)
+    early = _Pending(cmd, PlaceOrderReply, False)
+    assert not early.done and early.event is None  # nothing made until someone waits
+    seen: list[bool] = []
+    woken: list[bool] = []
+
+    async def waiter() -> None:
+        await early.wait_event().wait()
+        woken.append(early.done)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert early.event is not None and not early.event.is_set() and not woken
+        early.callback = lambda: seen.append(early.event is not None and early.event.is_set())
+        early.resolve(PlaceOrderReply(tag=1, id=7))
+    assert woken == [True] and seen == [True] and early.reply == PlaceOrderReply(tag=1, id=7)
+
+    late = _Pending(cmd, PlaceOrderReply, False)
+    late.fail(RuntimeError("lost"))
+    assert late.done and late.event is None and isinstance(late.error, RuntimeError)
+    event = late.wait_event()
+    assert event.is_set() and late.wait_event() is event
+    with trio.testing.assert_checkpoints():
+        await event.wait()
