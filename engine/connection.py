@@ -137,6 +137,8 @@ __all__ = [
 
 log = logging.getLogger("engine.connection")
 
+_force_setattr = msgspec.structs.force_setattr  # the tag of a vouched command (send_nowait)
+
 Dial = Callable[[Target], Awaitable[trio.abc.Stream]]
 """Opens the byte stream to a checked target (TCP + TLS by default).  Tests and in-process
 exchanges pass one that returns an end of ``trio.testing.memory_stream_pair()``."""
@@ -535,13 +537,21 @@ class Connection:
             await self._flush(tag, pending)
         return ReplyWaiter(self, tag, pending)
 
-    def send_nowait(self, command: Command, *, echo: bool = False) -> ReplyWaiter:
+    def send_nowait(self, command: Command, *, echo: bool = False, vouched: bool = False) -> ReplyWaiter:
         """:meth:`send` without waiting: the frame is written to the socket now.
 
         Raises ``trio.WouldBlock`` (nothing sent, no token taken) when the governor has no
         token for it right now or other writes are still in progress, and
         :class:`ConnectionLost` when the connection is closed.  Bytes the socket does not
         take at once are written by the connection's writer task, in order.
+
+        ``vouched=True`` is for the runner's PlaceOrders only: an untagged command just built
+        by ``Order.to_command`` from an order whose ``wire_checked`` is true, so every field
+        is already known to pass the codec's check.  The connection takes the command over
+        (it sets the tag in place instead of copying it, which would run ``__post_init__``
+        again) and encodes it without that check: validated once, by the tracker, not three
+        times.  Anything else must keep ``vouched=False`` (the codec refuses a bad command
+        with LocalProtocolError).
         """
         if self._close_reason is not None:
             raise ConnectionLost(f"session {self.session}: {self._close_reason}; the command was not sent")
@@ -551,22 +561,27 @@ class Connection:
             metric = METRIC_FOR_METHOD.get(command.__struct_config__.tag)  # type: ignore[arg-type]  # metric_for, inline
             if metric is not None and not self._governor.take_nowait(metric, self._clock()):
                 raise trio.WouldBlock
-        tag, pending, written = self._write(command, echo)
+        tag, pending, written = self._write(command, echo, vouched)
         if not written and self._close_reason is None:
             self._writer_lot.unpark_all()
         return ReplyWaiter(self, tag, pending)
 
-    def _write(self, command: Command, echo: bool) -> tuple[int, _Pending, bool]:
-        """Tag, encode and queue one command on the socket (written at once if it can be)."""
+    def _write(self, command: Command, echo: bool, vouched: bool = False) -> tuple[int, _Pending, bool]:
+        """Tag, encode and queue one command on the socket (written at once if it can be).
+        ``vouched``: see :meth:`send_nowait`."""
         tag = next(self._shared.tags)
         self._writes += 1
-        command = msgspec.structs.replace(command, tag=tag)
+        if vouched:
+            _force_setattr(command, "tag", tag)
+        else:
+            command = msgspec.structs.replace(command, tag=tag)
         pending = _Pending(command, REPLY_FOR[type(command)], echo)
         self._pending[tag] = pending
         if log.isEnabledFor(logging.DEBUG):  # the method and tag only: fields may hold secrets
             log.debug("session %d: sending %s (tag %d)", self.session, pending.method, tag)
+        data = CODEC.encode_vouched(command) if vouched else CODEC.encode(command)
         try:
-            written = self._ws.write_nowait(self._ws.text_frame(CODEC.encode(command)))
+            written = self._ws.write_nowait(self._ws.text_frame(data))
         except WebSocketClosed as e:
             self._on_send_closed(tag, pending, e)
             return tag, pending, True

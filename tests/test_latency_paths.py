@@ -9,6 +9,7 @@ view's reservation for a sent order.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -407,3 +408,73 @@ async def test_lazy_reply_event_behaves_like_the_eager_one():
     assert event.is_set() and late.wait_event() is event
     with trio.testing.assert_checkpoints():
         await event.wait()
+
+
+WIRE_INT = st.integers(1, 2**63 - 1) | st.integers(2**63 - 2, 2**64 + 1)  # both sides of the int64 bound
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([Side.BUY, Side.SELL]),
+    st.sampled_from(["limit", "market", "total"]),
+    WIRE_INT,
+    WIRE_INT,
+    st.none() | WIRE_INT,
+    st.sampled_from([True, False, 1, 0, None]),
+    st.integers(1, 2**63 - 1),
+)
+def test_vouched_place_encodes_like_the_checked_path(side, kind, amount, price, tonce, persist, tag):
+    """``Order.wire_checked`` vouches exactly for orders whose PlaceOrder the codec's check
+    accepts, and the vouched path (tag set in place, ``Codec.encode_vouched``) writes the
+    same bytes as the checked one (``structs.replace`` + ``Codec.encode``) did."""
+    import msgspec
+
+    from engine.errors import LocalProtocolError
+    from engine.protocol.codec import CODEC
+    from engine.state.orders import OrderTracker
+
+    tracker = OrderTracker(clock=lambda: 1.0)
+    order = tracker.place(
+        1, XBT_GBP, side,
+        quantity=None if kind == "total" else amount,
+        price=price if kind == "limit" else None,
+        total=amount if kind == "total" else None,
+        tonce=tonce, persist=persist,  # type: ignore[arg-type]  # a non-bool on purpose
+    )
+    try:
+        checked: bytes | None = CODEC.encode(msgspec.structs.replace(order.to_command(), tag=tag))
+    except LocalProtocolError:
+        checked = None
+    assert order.wire_checked == (checked is not None)
+    if order.wire_checked:
+        cmd = order.to_command()
+        msgspec.structs.force_setattr(cmd, "tag", tag)
+        assert CODEC.encode_vouched(cmd) == checked
+        assert cmd == msgspec.structs.replace(order.to_command(), tag=tag)
+
+
+async def test_send_nowait_vouched_writes_what_the_checked_path_writes():
+    """On a connection: a vouched PlaceOrder reaches the exchange as the same command, tag
+    included, as the checked path sends; a bad command the caller built is still refused
+    with LocalProtocolError on the checked path (and sends nothing)."""
+    from engine.connection import open_connection
+    from engine.errors import LocalProtocolError
+    from engine.protocol.messages import Command, PlaceOrder, PlaceOrderReply
+    from tests.scripted_peer import PeerSession, ScriptedPeer
+    from tests.test_connection import creds, tcp_url
+
+    async def on_command(session: PeerSession, command: Command) -> None:
+        await session.send(PlaceOrderReply(tag=command.tag, id=7, time=1))
+
+    peer = ScriptedPeer(on_command=on_command)
+    async with tcp_url(peer) as url:
+        async with open_connection(url, creds(), allow_insecure=True) as conn:
+            fields: dict[str, Any] = dict(tonce=5, base=1, counter=2, quantity=3, price=4, persist=False)
+            vouched = conn.send_nowait(PlaceOrder(**fields), vouched=True)
+            await vouched.wait()
+            checked = conn.send_nowait(PlaceOrder(**fields))
+            await checked.wait()
+            with pytest.raises(LocalProtocolError):
+                conn.send_nowait(PlaceOrder(**{**fields, "quantity": 1.5}))
+    got = [c for c in peer.sessions[0].commands if isinstance(c, PlaceOrder)]
+    assert got == [PlaceOrder(tag=vouched.tag, **fields), PlaceOrder(tag=checked.tag, **fields)]
