@@ -27,7 +27,7 @@ from engine.runtime import TradingCore
 from engine.scale import DEFAULT, V1, V2, XBT_EUR, XBT_GBP, Market, Scales, ceil_div
 from engine.state.orders import OrderState
 from engine.state.tonces import TonceAllocator
-from engine.strategy import Side, Strategy, StrategyConfig
+from engine.strategy import PlaceLimit, Side, Strategy, StrategyConfig
 
 
 class Idle(Strategy):
@@ -424,7 +424,7 @@ WIRE_INT = st.integers(1, 2**63 - 1) | st.integers(2**63 - 2, 2**64 + 1)  # both
     st.integers(1, 2**63 - 1),
 )
 def test_vouched_place_encodes_like_the_checked_path(side, kind, amount, price, tonce, persist, tag):
-    """``Order.wire_checked`` vouches exactly for orders whose PlaceOrder the codec's check
+    """``Order.wire_checked`` vouches only for orders whose PlaceOrder the codec's check
     accepts, and the vouched path (tag set in place, ``Codec.encode_vouched``) writes the
     same bytes as the checked one (``structs.replace`` + ``Codec.encode``) did."""
     import msgspec
@@ -445,7 +445,13 @@ def test_vouched_place_encodes_like_the_checked_path(side, kind, amount, price, 
         checked: bytes | None = CODEC.encode(msgspec.structs.replace(order.to_command(), tag=tag))
     except LocalProtocolError:
         checked = None
-    assert order.wire_checked == (checked is not None)
+    # Vouched exactly when every amount is within int64 (a sell of -2**63 passes the check
+    # but is not vouched: it takes the checked path, as before)...
+    amounts = (amount, price if kind == "limit" else None, tonce)
+    assert order.wire_checked == (all(v is None or v < 2**63 for v in amounts)
+                                  and (kind != "limit" or type(persist) is bool))
+    # ...and only for what the check accepts.
+    assert not order.wire_checked or checked is not None
     if order.wire_checked:
         cmd = order.to_command()
         msgspec.structs.force_setattr(cmd, "tag", tag)
@@ -478,3 +484,46 @@ async def test_send_nowait_vouched_writes_what_the_checked_path_writes():
                 conn.send_nowait(PlaceOrder(**{**fields, "quantity": 1.5}))
     got = [c for c in peer.sessions[0].commands if isinstance(c, PlaceOrder)]
     assert got == [PlaceOrder(tag=vouched.tag, **fields), PlaceOrder(tag=checked.tag, **fields)]
+
+
+class _SlowPlaceLimit(PlaceLimit):
+    """A PlaceLimit that is not exactly one: pre_trade judges it by the general path
+    (_shape, the isinstance chain, _normalise, an _Order), as every PlaceLimit was before."""
+
+    __slots__ = ()
+
+
+_SlowPlaceLimit.__name__ = "PlaceLimit"  # refusals name the intent's class
+
+
+MAYBE_PRICE = st.none() | st.integers(1, 4_000_000)
+BAD = st.sampled_from([0, -1, 2**63, 1.5, True, None, "1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([Side.BUY, Side.SELL, 1]),
+    st.integers(1, 4_000_000) | BAD,
+    st.integers(1, 10**9) | BAD,
+    st.sampled_from([False, True, 0]),
+    st.sampled_from(list(TradingState)),
+    st.tuples(MAYBE_PRICE, MAYBE_PRICE, MAYBE_PRICE, st.integers(-(10**9), 10**9), st.integers(0, 12),
+              st.integers(0, 12), st.integers(0, 10**9), st.integers(0, 10**9), MAYBE_PRICE, MAYBE_PRICE),
+    st.tuples(st.none() | st.integers(1, 10**9), st.none() | st.integers(1, 10**12), st.none() | st.integers(1, 10**9),
+              st.none() | st.integers(1, 12), st.none() | st.integers(1, 2000), st.sampled_from(["mid", "last"])),
+)
+def test_pre_trade_fast_limit_path_judges_like_the_general_path(side, price, quantity, persist, state, v, lim):
+    """A PlaceLimit is judged inline (no _Order, no _Fmt unless refused): the verdict and its
+    wording are those of the general path."""
+    from engine.risk.checks import pre_trade
+    from engine.risk.model import UserRiskLimits
+
+    view = MarketView(best_bid=v[0], best_ask=v[1], last=v[2], position=v[3], open_orders=v[4],
+                      user_open_orders=v[5], open_buy_quantity=v[6], open_sell_quantity=v[7],
+                      own_best_bid=v[8], own_best_ask=v[9])
+    limits = RiskLimits(max_order_quantity=lim[0], max_order_notional=lim[1], max_position=lim[2],
+                        max_open_orders=lim[3], price_band_bps=lim[4], price_band_reference=lim[5])
+    user = UserRiskLimits(max_open_orders=10)
+    fast = pre_trade(PlaceLimit(side, price, quantity, persist), view, XBT_GBP, limits, user, state, V2)
+    slow = pre_trade(_SlowPlaceLimit(side, price, quantity, persist), view, XBT_GBP, limits, user, state, V2)
+    assert fast == slow
