@@ -714,11 +714,15 @@ class TradingCore:
         ref = self._next_ref
         self._next_ref += 1
         tonce = self.tonces.next()
+        # One reading of the clock the tracker and the balance view share (both are built
+        # with ``self.clock``) for the order and its reservation, made at the same moment.
+        now = self.clock()
         order = self.tracker.place(
             ref, market, side, quantity=quantity, price=price, total=total, tonce=tonce,
             epoch=self.tonces.epoch, strategy=name, persist=self.persist if persist is None else persist,
+            now=now,
         )
-        self.balances.on_place_sent(order)
+        self.balances.on_place_sent(order, now)
         self.outbox.append(Outgoing("place", order, name))
         return ref
 

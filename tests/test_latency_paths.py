@@ -566,3 +566,43 @@ def test_pop_nowait_is_the_pop_of_receive_nowait(puts, max_public):
             break
     assert got_fast == got_slow
     assert fast.statistics() == slow.statistics()
+
+
+@given(st.sampled_from([Side.BUY, Side.SELL]), st.integers(1, 10**10), st.integers(1, 10**7),
+       st.floats(0, 1e6, allow_nan=False))
+def test_place_with_the_callers_now_records_what_the_clock_would(side, quantity, price, t):
+    """``OrderTracker.place(now=t)`` and ``BalanceView.on_place_sent(order, t)`` record what
+    the same calls record when their own clock reads ``t``; the runtime reads its clock once
+    for both (they are built with the same clock)."""
+    from engine.state.balances import BalanceView
+    from engine.state.orders import OrderTracker
+
+    def fail() -> float:
+        raise AssertionError("the clock was read although now was given")
+
+    given_now = OrderTracker(clock=fail).place(1, XBT_GBP, side, quantity=quantity, price=price, tonce=5, now=t)
+    clocked = OrderTracker(clock=lambda: t).place(1, XBT_GBP, side, quantity=quantity, price=price, tonce=5)
+    assert repr(given_now) == repr(clocked)
+    assert (given_now.created_at, given_now.updated_at) == (clocked.created_at, clocked.updated_at) == (t, t)
+    d1 = BalanceView(V2, clock=fail).on_place_sent(given_now, t)
+    d2 = BalanceView(V2, clock=lambda: t).on_place_sent(clocked)
+    assert d1 == d2 and d1 is not None and d1.created_at == t
+
+
+def test_core_place_reads_its_clock_once_for_the_order_and_its_reservation():
+    core = make_core()
+    reads: list[float] = []
+    t = [5.0]
+
+    def clock() -> float:
+        reads.append(t[0])
+        t[0] += 1.0  # every reading differs: a second one would show
+        return reads[-1]
+
+    core.tracker._clock = clock
+    core.balances._clock = clock
+    core.clock = clock
+    ref = core._place("a", XBT_GBP, Side.BUY, quantity=10, price=100)
+    order = core.tracker.get(ref)
+    assert order is not None and len(reads) == 1
+    assert order.created_at == order.updated_at == core.balances._reserve[ref].created_at == reads[0]

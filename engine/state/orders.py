@@ -433,11 +433,14 @@ class OrderTracker:
         epoch: int = 0,
         strategy: str = "",
         persist: bool = True,
+        now: float | None = None,
     ) -> Order:
         """Record a PlaceOrder being sent now; the order starts PENDING.
 
         A limit order has ``quantity`` and ``price``; a market order ``quantity`` or
         ``total``.  All amounts are positive scaled ints; ``side`` carries the sign.
+        ``now`` is the tracker's clock read by a caller that has it at hand (the runtime
+        reads it once for the order and its balance reservation).
         """
         # Checked without building a message first: this runs before every PlaceOrder.
         if ref in self._by_ref:
@@ -472,7 +475,8 @@ class OrderTracker:
             and type(base) is int and INT64_MIN <= base <= INT64_MAX
             and type(counter) is int and INT64_MIN <= counter <= INT64_MAX
         )
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         order = Order(
             ref=ref,
             strategy=strategy,
