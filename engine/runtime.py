@@ -312,7 +312,8 @@ class TradingCore:
             self.balances.on_balance_changed(notice)  # type: ignore[arg-type]
         elif t is TickerChanged:
             self._ticker(notice)  # type: ignore[arg-type]
-        self._flush_denials()
+        if self._deferred:  # _flush_denials has nothing to do otherwise (and this is every notice)
+            self._flush_denials()
 
     def _market_of(self, base: int, counter: int) -> Market | None:
         return self._market_book(base, counter)[0]

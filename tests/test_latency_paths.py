@@ -606,3 +606,26 @@ def test_core_place_reads_its_clock_once_for_the_order_and_its_reservation():
     order = core.tracker.get(ref)
     assert order is not None and len(reads) == 1
     assert order.created_at == order.updated_at == core.balances._reserve[ref].created_at == reads[0]
+
+
+def test_on_notice_flushes_deferred_denials_as_before_and_skips_the_call_without():
+    """``on_notice`` calls ``_flush_denials`` only when a denial waits: with one waiting the
+    strategy hears of it at the end of the notice, as before; with none the call (a no-op
+    then) is skipped."""
+    from engine.protocol.messages import BalanceChanged
+    from engine.strategy import Denial, PlaceLimit
+
+    core = make_core()
+    core.start()
+    heard: list[Denial] = []
+    core.slots["a"].strategy.on_risk_denied = lambda ctx, d: heard.append(d)  # type: ignore[method-assign]
+    core.slots["a"].noop = frozenset()  # Idle does not define the hook: now it does
+    denial = Denial(PlaceLimit(Side.BUY, 1, 1), "test: denied", "test")
+    core._deferred.append(("a", denial))
+    core.on_notice(BalanceChanged(asset=XBT_GBP.base.code, balance=5))
+    assert heard == [denial] and not core._deferred
+    calls: list[int] = []
+    flush = core._flush_denials
+    core._flush_denials = lambda: (calls.append(1), flush())[1]  # type: ignore[method-assign]
+    core.on_notice(BalanceChanged(asset=XBT_GBP.base.code, balance=6))
+    assert calls == [] and heard == [denial]
