@@ -629,3 +629,24 @@ def test_on_notice_flushes_deferred_denials_as_before_and_skips_the_call_without
     core._flush_denials = lambda: (calls.append(1), flush())[1]  # type: ignore[method-assign]
     core.on_notice(BalanceChanged(asset=XBT_GBP.base.code, balance=6))
     assert calls == [] and heard == [denial]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(1, 5),
+    steps=st.lists(st.tuples(st.floats(0.0, 1.5, allow_nan=False), st.integers(1, 7)), max_size=40),
+)
+def test_sliding_window_headroom_is_expire_then_count(count, steps):
+    """``SlidingWindow.headroom`` with ``_expire`` inline: the same headroom, and the same
+    events left in the window, as ``_expire(now)`` then ``count - len``."""
+    from engine.limits import SlidingWindow
+
+    fast, slow = SlidingWindow(Limit(count, 1.0, "t")), SlidingWindow(Limit(count, 1.0, "t"))
+    now = 0.0
+    for dt, n in steps:
+        now += dt
+        slow._expire(now)
+        assert fast.headroom(now) == slow.limit.count - len(slow._times)
+        assert list(fast._times) == list(slow._times)
+        if n <= count:
+            assert fast.try_acquire(now, n) == slow.try_acquire(now, n)
