@@ -650,3 +650,29 @@ def test_sliding_window_headroom_is_expire_then_count(count, steps):
         assert list(fast._times) == list(slow._times)
         if n <= count:
             assert fast.try_acquire(now, n) == slow.try_acquire(now, n)
+
+
+@given(st.sampled_from([Side.BUY, Side.SELL]), st.sampled_from(["limit", "market", "total"]),
+       st.integers(1, 10**12), st.integers(1, 10**7), st.none() | st.integers(1, 10**15), st.booleans(),
+       st.integers(0, 5), st.sampled_from(["", "a"]))
+def test_tracker_place_builds_the_order_the_keyword_construction_does(side, kind, amount, price, tonce, persist,
+                                                                      epoch, strategy):
+    """``OrderTracker.place`` passes Order's leading fields by position: the order is the
+    one the keyword construction it replaced makes, field for field."""
+    import dataclasses
+
+    from engine.state.orders import Order, OrderTracker
+
+    quantity = None if kind == "total" else amount
+    total = amount if kind == "total" else None
+    limit_price = price if kind == "limit" else None
+    order = OrderTracker(clock=lambda: 2.5).place(
+        9, XBT_GBP, side, quantity=quantity, price=limit_price, total=total, tonce=tonce, epoch=epoch,
+        strategy=strategy, persist=persist)
+    expected = Order(
+        ref=9, strategy=strategy, market=XBT_GBP, side=side, quantity=quantity, price=limit_price, total=total,
+        tonce=tonce, epoch=epoch, persist=persist, remaining=quantity or 0, created_at=2.5, updated_at=2.5,
+        wire_checked=True,
+    )
+    for f in dataclasses.fields(Order):
+        assert getattr(order, f.name) == getattr(expected, f.name), f.name
