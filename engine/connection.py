@@ -137,6 +137,8 @@ __all__ = [
 
 log = logging.getLogger("engine.connection")
 
+_force_setattr = msgspec.structs.force_setattr  # the tag of a vouched command (send_nowait)
+
 Dial = Callable[[Target], Awaitable[trio.abc.Stream]]
 """Opens the byte stream to a checked target (TCP + TLS by default).  Tests and in-process
 exchanges pass one that returns an end of ``trio.testing.memory_stream_pair()``."""
@@ -323,13 +325,17 @@ def _statistics(
 
 
 class _Pending:
-    __slots__ = ("command", "reply_type", "echo", "done", "reply", "error", "callback")
+    __slots__ = ("command", "reply_type", "echo", "done", "event", "reply", "error", "callback")
 
     def __init__(self, command: Command, reply_type: type[Reply], echo: bool) -> None:
         self.command = command
         self.reply_type = reply_type
         self.echo = echo
-        self.done = trio.Event()
+        # The outcome is known (reply or failure).  The trio.Event is made only for a task
+        # that awaits it (ReplyWaiter.wait): the runner's orders use the callback instead,
+        # and most commands are never awaited through an Event.
+        self.done = False
+        self.event: trio.Event | None = None
         self.reply: Reply | None = None
         self.error: BaseException | None = None
         self.callback: Callable[[], None] | None = None
@@ -342,15 +348,27 @@ class _Pending:
     def is_order(self) -> bool:
         return isinstance(self.command, _ORDER_COMMANDS)
 
+    def wait_event(self) -> trio.Event:
+        """The Event that is set once :attr:`done` (made on first use; already set if done)."""
+        event = self.event
+        if event is None:
+            event = self.event = trio.Event()
+            if self.done:
+                event.set()
+        return event
+
     def resolve(self, reply: Reply) -> None:
         self.reply = reply
-        self.done.set()
-        if self.callback is not None:
-            self.callback()
+        self._finish()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
-        self.done.set()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        if self.event is not None:
+            self.event.set()
         if self.callback is not None:
             self.callback()
 
@@ -381,22 +399,22 @@ class ReplyWaiter:
     @property
     def done(self) -> bool:
         """True once the reply, or the loss of the connection, is known."""
-        return self._pending.done.is_set()
+        return self._pending.done
 
     async def wait(self) -> Reply:
         """The reply; raises like :meth:`Connection.request`."""
         pending = self._pending
         try:
-            await pending.done.wait()
+            await pending.wait_event().wait()
         finally:
-            if not pending.done.is_set():
+            if not pending.done:
                 self._conn._abandon(self._tag, pending)
         return self.result()
 
     def result(self) -> Reply:
         """The reply once :attr:`done` (raises like :meth:`wait`); ``trio.WouldBlock`` before."""
         pending = self._pending
-        if not pending.done.is_set():
+        if not pending.done:
             raise trio.WouldBlock
         if pending.error is not None:
             raise pending.error
@@ -410,7 +428,7 @@ class ReplyWaiter:
         """Call ``callback()`` (a plain ``def`` that must not raise) as soon as :attr:`done`:
         in the task that learns the outcome (the reader for a reply), or now if it is known.
         This is :meth:`wait` without a task per command (the runner's orders)."""
-        if self._pending.done.is_set():
+        if self._pending.done:
             callback()
         else:
             self._pending.callback = callback
@@ -419,7 +437,7 @@ class ReplyWaiter:
         """Stop waiting (a timeout): a reply arriving later is late (a ``ReplyEvent`` with
         ``late=True`` in the notice stream) and the callback is not called."""
         pending = self._pending
-        if not pending.done.is_set():
+        if not pending.done:
             pending.callback = None
             self._conn._abandon(self._tag, pending)
 
@@ -519,13 +537,21 @@ class Connection:
             await self._flush(tag, pending)
         return ReplyWaiter(self, tag, pending)
 
-    def send_nowait(self, command: Command, *, echo: bool = False) -> ReplyWaiter:
+    def send_nowait(self, command: Command, *, echo: bool = False, vouched: bool = False) -> ReplyWaiter:
         """:meth:`send` without waiting: the frame is written to the socket now.
 
         Raises ``trio.WouldBlock`` (nothing sent, no token taken) when the governor has no
         token for it right now or other writes are still in progress, and
         :class:`ConnectionLost` when the connection is closed.  Bytes the socket does not
         take at once are written by the connection's writer task, in order.
+
+        ``vouched=True`` is for the runner's PlaceOrders only: an untagged command just built
+        by ``Order.to_command`` from an order whose ``wire_checked`` is true, so every field
+        is already known to pass the codec's check.  The connection takes the command over
+        (it sets the tag in place instead of copying it, which would run ``__post_init__``
+        again) and encodes it without that check: validated once, by the tracker, not three
+        times.  Anything else must keep ``vouched=False`` (the codec refuses a bad command
+        with LocalProtocolError).
         """
         if self._close_reason is not None:
             raise ConnectionLost(f"session {self.session}: {self._close_reason}; the command was not sent")
@@ -535,22 +561,27 @@ class Connection:
             metric = METRIC_FOR_METHOD.get(command.__struct_config__.tag)  # type: ignore[arg-type]  # metric_for, inline
             if metric is not None and not self._governor.take_nowait(metric, self._clock()):
                 raise trio.WouldBlock
-        tag, pending, written = self._write(command, echo)
+        tag, pending, written = self._write(command, echo, vouched)
         if not written and self._close_reason is None:
             self._writer_lot.unpark_all()
         return ReplyWaiter(self, tag, pending)
 
-    def _write(self, command: Command, echo: bool) -> tuple[int, _Pending, bool]:
-        """Tag, encode and queue one command on the socket (written at once if it can be)."""
+    def _write(self, command: Command, echo: bool, vouched: bool = False) -> tuple[int, _Pending, bool]:
+        """Tag, encode and queue one command on the socket (written at once if it can be).
+        ``vouched``: see :meth:`send_nowait`."""
         tag = next(self._shared.tags)
         self._writes += 1
-        command = msgspec.structs.replace(command, tag=tag)
+        if vouched:
+            _force_setattr(command, "tag", tag)
+        else:
+            command = msgspec.structs.replace(command, tag=tag)
         pending = _Pending(command, REPLY_FOR[type(command)], echo)
         self._pending[tag] = pending
         if log.isEnabledFor(logging.DEBUG):  # the method and tag only: fields may hold secrets
             log.debug("session %d: sending %s (tag %d)", self.session, pending.method, tag)
+        data = CODEC.encode_vouched(command) if vouched else CODEC.encode(command)
         try:
-            written = self._ws.write_nowait(self._ws.text_frame(CODEC.encode(command)))
+            written = self._ws.write_nowait(self._ws.text_frame(data))
         except WebSocketClosed as e:
             self._on_send_closed(tag, pending, e)
             return tag, pending, True
@@ -569,7 +600,7 @@ class Connection:
             self._on_send_closed(tag, pending, e)
 
     def _on_send_closed(self, tag: int, pending: _Pending, e: WebSocketClosed) -> None:
-        if not pending.done.is_set():
+        if not pending.done:
             self._pending.pop(tag, None)
             pending.fail(self._lost(pending, _describe_close(e.reason)))
         # The reader may be waiting on a link that will never deliver again: end it now.

@@ -545,8 +545,12 @@ class Runner:
                 out = outq[0]
                 order = out.order
                 try:
-                    cmd = order.to_command() if out.kind == "place" else order.cancel_command()
-                    waiter = client.send_nowait(cmd)
+                    if out.kind == "place":
+                        # A fresh command the connection may take over without the codec's
+                        # check when the tracker vouched for its fields (Order.wire_checked).
+                        waiter = client.send_nowait(order.to_command(), vouched=order.wire_checked)
+                    else:
+                        waiter = client.send_nowait(order.cancel_command())
                 except trio.WouldBlock:
                     self._out_lot.unpark_all()  # the dispatcher waits for what we cannot
                     return

@@ -312,7 +312,8 @@ class TradingCore:
             self.balances.on_balance_changed(notice)  # type: ignore[arg-type]
         elif t is TickerChanged:
             self._ticker(notice)  # type: ignore[arg-type]
-        self._flush_denials()
+        if self._deferred:  # _flush_denials has nothing to do otherwise (and this is every notice)
+            self._flush_denials()
 
     def _market_of(self, base: int, counter: int) -> Market | None:
         return self._market_book(base, counter)[0]
@@ -714,11 +715,15 @@ class TradingCore:
         ref = self._next_ref
         self._next_ref += 1
         tonce = self.tonces.next()
+        # One reading of the clock the tracker and the balance view share (both are built
+        # with ``self.clock``) for the order and its reservation, made at the same moment.
+        now = self.clock()
         order = self.tracker.place(
             ref, market, side, quantity=quantity, price=price, total=total, tonce=tonce,
             epoch=self.tonces.epoch, strategy=name, persist=self.persist if persist is None else persist,
+            now=now,
         )
-        self.balances.on_place_sent(order)
+        self.balances.on_place_sent(order, now)
         self.outbox.append(Outgoing("place", order, name))
         return ref
 

@@ -9,6 +9,7 @@ view's reservation for a sent order.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 import trio
@@ -26,7 +27,7 @@ from engine.runtime import TradingCore
 from engine.scale import DEFAULT, V1, V2, XBT_EUR, XBT_GBP, Market, Scales, ceil_div
 from engine.state.orders import OrderState
 from engine.state.tonces import TonceAllocator
-from engine.strategy import Side, Strategy, StrategyConfig
+from engine.strategy import PlaceLimit, Side, Strategy, StrategyConfig
 
 
 class Idle(Strategy):
@@ -372,3 +373,306 @@ async def test_websocket_write_during_a_flush_queues_behind_it():
     await client.aclose()
     await server.aclose()
     await listeners[0].aclose()
+
+
+async def test_lazy_reply_event_behaves_like_the_eager_one():
+    """A command's reply Event is made only when a task awaits it (``_Pending.wait_event``):
+    a waiter that comes first is woken by the outcome, one that comes after finds it set (and
+    still checkpoints, as ``Event.wait`` does), and the callback runs after the Event is set,
+    as with the Event made for every command before."""
+    from engine.connection import _Pending
+    from engine.protocol.messages import PlaceOrder, PlaceOrderReply
+
+    cmd = PlaceOrder(tag=1, base=1, counter=2, quantity=1, price=1)
+    early = _Pending(cmd, PlaceOrderReply, False)
+    assert not early.done and early.event is None  # nothing made until someone waits
+    seen: list[bool] = []
+    woken: list[bool] = []
+
+    async def waiter() -> None:
+        await early.wait_event().wait()
+        woken.append(early.done)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert early.event is not None and not early.event.is_set() and not woken
+        early.callback = lambda: seen.append(early.event is not None and early.event.is_set())
+        early.resolve(PlaceOrderReply(tag=1, id=7))
+    assert woken == [True] and seen == [True] and early.reply == PlaceOrderReply(tag=1, id=7)
+
+    late = _Pending(cmd, PlaceOrderReply, False)
+    late.fail(RuntimeError("lost"))
+    assert late.done and late.event is None and isinstance(late.error, RuntimeError)
+    event = late.wait_event()
+    assert event.is_set() and late.wait_event() is event
+    with trio.testing.assert_checkpoints():
+        await event.wait()
+
+
+WIRE_INT = st.integers(1, 2**63 - 1) | st.integers(2**63 - 2, 2**64 + 1)  # both sides of the int64 bound
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([Side.BUY, Side.SELL]),
+    st.sampled_from(["limit", "market", "total"]),
+    WIRE_INT,
+    WIRE_INT,
+    st.none() | WIRE_INT,
+    st.sampled_from([True, False, 1, 0, None]),
+    st.integers(1, 2**63 - 1),
+)
+def test_vouched_place_encodes_like_the_checked_path(side, kind, amount, price, tonce, persist, tag):
+    """``Order.wire_checked`` vouches only for orders whose PlaceOrder the codec's check
+    accepts, and the vouched path (tag set in place, ``Codec.encode_vouched``) writes the
+    same bytes as the checked one (``structs.replace`` + ``Codec.encode``) did."""
+    import msgspec
+
+    from engine.errors import LocalProtocolError
+    from engine.protocol.codec import CODEC
+    from engine.state.orders import OrderTracker
+
+    tracker = OrderTracker(clock=lambda: 1.0)
+    order = tracker.place(
+        1, XBT_GBP, side,
+        quantity=None if kind == "total" else amount,
+        price=price if kind == "limit" else None,
+        total=amount if kind == "total" else None,
+        tonce=tonce, persist=persist,  # type: ignore[arg-type]  # a non-bool on purpose
+    )
+    try:
+        checked: bytes | None = CODEC.encode(msgspec.structs.replace(order.to_command(), tag=tag))
+    except LocalProtocolError:
+        checked = None
+    # Vouched exactly when every amount is within int64 (a sell of -2**63 passes the check
+    # but is not vouched: it takes the checked path, as before)...
+    amounts = (amount, price if kind == "limit" else None, tonce)
+    assert order.wire_checked == (all(v is None or v < 2**63 for v in amounts)
+                                  and (kind != "limit" or type(persist) is bool))
+    # ...and only for what the check accepts.
+    assert not order.wire_checked or checked is not None
+    if order.wire_checked:
+        cmd = order.to_command()
+        msgspec.structs.force_setattr(cmd, "tag", tag)
+        assert CODEC.encode_vouched(cmd) == checked
+        assert cmd == msgspec.structs.replace(order.to_command(), tag=tag)
+
+
+async def test_send_nowait_vouched_writes_what_the_checked_path_writes():
+    """On a connection: a vouched PlaceOrder reaches the exchange as the same command, tag
+    included, as the checked path sends; a bad command the caller built is still refused
+    with LocalProtocolError on the checked path (and sends nothing)."""
+    from engine.connection import open_connection
+    from engine.errors import LocalProtocolError
+    from engine.protocol.messages import Command, PlaceOrder, PlaceOrderReply
+    from tests.scripted_peer import PeerSession, ScriptedPeer
+    from tests.test_connection import creds, tcp_url
+
+    async def on_command(session: PeerSession, command: Command) -> None:
+        await session.send(PlaceOrderReply(tag=command.tag, id=7, time=1))
+
+    peer = ScriptedPeer(on_command=on_command)
+    async with tcp_url(peer) as url:
+        async with open_connection(url, creds(), allow_insecure=True) as conn:
+            fields: dict[str, Any] = dict(tonce=5, base=1, counter=2, quantity=3, price=4, persist=False)
+            vouched = conn.send_nowait(PlaceOrder(**fields), vouched=True)
+            await vouched.wait()
+            checked = conn.send_nowait(PlaceOrder(**fields))
+            await checked.wait()
+            with pytest.raises(LocalProtocolError):
+                conn.send_nowait(PlaceOrder(**{**fields, "quantity": 1.5}))
+    got = [c for c in peer.sessions[0].commands if isinstance(c, PlaceOrder)]
+    assert got == [PlaceOrder(tag=vouched.tag, **fields), PlaceOrder(tag=checked.tag, **fields)]
+
+
+class _SlowPlaceLimit(PlaceLimit):
+    """A PlaceLimit that is not exactly one: pre_trade judges it by the general path
+    (_shape, the isinstance chain, _normalise, an _Order), as every PlaceLimit was before."""
+
+    __slots__ = ()
+
+
+_SlowPlaceLimit.__name__ = "PlaceLimit"  # refusals name the intent's class
+
+
+MAYBE_PRICE = st.none() | st.integers(1, 4_000_000)
+BAD = st.sampled_from([0, -1, 2**63, 1.5, True, None, "1"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from([Side.BUY, Side.SELL, 1]),
+    st.integers(1, 4_000_000) | BAD,
+    st.integers(1, 10**9) | BAD,
+    st.sampled_from([False, True, 0]),
+    st.sampled_from(list(TradingState)),
+    st.tuples(MAYBE_PRICE, MAYBE_PRICE, MAYBE_PRICE, st.integers(-(10**9), 10**9), st.integers(0, 12),
+              st.integers(0, 12), st.integers(0, 10**9), st.integers(0, 10**9), MAYBE_PRICE, MAYBE_PRICE),
+    st.tuples(st.none() | st.integers(1, 10**9), st.none() | st.integers(1, 10**12), st.none() | st.integers(1, 10**9),
+              st.none() | st.integers(1, 12), st.none() | st.integers(1, 2000), st.sampled_from(["mid", "last"])),
+)
+def test_pre_trade_fast_limit_path_judges_like_the_general_path(side, price, quantity, persist, state, v, lim):
+    """A PlaceLimit is judged inline (no _Order, no _Fmt unless refused): the verdict and its
+    wording are those of the general path."""
+    from engine.risk.checks import pre_trade
+    from engine.risk.model import UserRiskLimits
+
+    view = MarketView(best_bid=v[0], best_ask=v[1], last=v[2], position=v[3], open_orders=v[4],
+                      user_open_orders=v[5], open_buy_quantity=v[6], open_sell_quantity=v[7],
+                      own_best_bid=v[8], own_best_ask=v[9])
+    limits = RiskLimits(max_order_quantity=lim[0], max_order_notional=lim[1], max_position=lim[2],
+                        max_open_orders=lim[3], price_band_bps=lim[4], price_band_reference=lim[5])
+    user = UserRiskLimits(max_open_orders=10)
+    fast = pre_trade(PlaceLimit(side, price, quantity, persist), view, XBT_GBP, limits, user, state, V2)
+    slow = pre_trade(_SlowPlaceLimit(side, price, quantity, persist), view, XBT_GBP, limits, user, state, V2)
+    assert fast == slow
+
+
+EVENT = st.sampled_from(["public", "own", "ticker_bid", "ticker_ask", "marker"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(EVENT, st.integers(0, 2)), max_size=30), st.integers(1, 4))
+def test_pop_nowait_is_the_pop_of_receive_nowait(puts, max_public):
+    """``pop_nowait`` is now the queue's pop itself (one call per event, not two): it takes
+    the same events in the same order, with the same statistics, as ``receive_nowait``."""
+    base, counter = XBT_GBP.base.code, XBT_GBP.counter.code
+
+    def make(kind: str, i: int) -> object:
+        if kind == "public":
+            return OrderOpened(id=i + 1, base=base, counter=counter + i, quantity=5, price=7, time=1)
+        if kind == "own":
+            return OrderOpened(id=i + 1, base=base, counter=counter, quantity=5, price=7, time=1, tonce=i + 1)
+        if kind == "ticker_bid":
+            return TickerChanged(base=base, counter=counter + i, bid=7 + i)
+        if kind == "ticker_ask":
+            return TickerChanged(base=base, counter=counter + i, ask=9 + i)
+        return SessionStarted(i, 1)
+
+    queues = [NoticeQueue(max_public=max_public), NoticeQueue(max_public=max_public)]
+    for q in queues:
+        for kind, i in puts:
+            q.put(make(kind, i), 1)  # type: ignore[arg-type]
+    fast, slow = queues
+    got_fast = []
+    while (ev := fast.pop_nowait()) is not None:
+        got_fast.append(ev)
+    got_slow = []
+    while True:
+        try:
+            got_slow.append(slow.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert got_fast == got_slow
+    assert fast.statistics() == slow.statistics()
+
+
+@given(st.sampled_from([Side.BUY, Side.SELL]), st.integers(1, 10**10), st.integers(1, 10**7),
+       st.floats(0, 1e6, allow_nan=False))
+def test_place_with_the_callers_now_records_what_the_clock_would(side, quantity, price, t):
+    """``OrderTracker.place(now=t)`` and ``BalanceView.on_place_sent(order, t)`` record what
+    the same calls record when their own clock reads ``t``; the runtime reads its clock once
+    for both (they are built with the same clock)."""
+    from engine.state.balances import BalanceView
+    from engine.state.orders import OrderTracker
+
+    def fail() -> float:
+        raise AssertionError("the clock was read although now was given")
+
+    given_now = OrderTracker(clock=fail).place(1, XBT_GBP, side, quantity=quantity, price=price, tonce=5, now=t)
+    clocked = OrderTracker(clock=lambda: t).place(1, XBT_GBP, side, quantity=quantity, price=price, tonce=5)
+    assert repr(given_now) == repr(clocked)
+    assert (given_now.created_at, given_now.updated_at) == (clocked.created_at, clocked.updated_at) == (t, t)
+    d1 = BalanceView(V2, clock=fail).on_place_sent(given_now, t)
+    d2 = BalanceView(V2, clock=lambda: t).on_place_sent(clocked)
+    assert d1 == d2 and d1 is not None and d1.created_at == t
+
+
+def test_core_place_reads_its_clock_once_for_the_order_and_its_reservation():
+    core = make_core()
+    reads: list[float] = []
+    t = [5.0]
+
+    def clock() -> float:
+        reads.append(t[0])
+        t[0] += 1.0  # every reading differs: a second one would show
+        return reads[-1]
+
+    core.tracker._clock = clock
+    core.balances._clock = clock
+    core.clock = clock
+    ref = core._place("a", XBT_GBP, Side.BUY, quantity=10, price=100)
+    order = core.tracker.get(ref)
+    assert order is not None and len(reads) == 1
+    assert order.created_at == order.updated_at == core.balances._reserve[ref].created_at == reads[0]
+
+
+def test_on_notice_flushes_deferred_denials_as_before_and_skips_the_call_without():
+    """``on_notice`` calls ``_flush_denials`` only when a denial waits: with one waiting the
+    strategy hears of it at the end of the notice, as before; with none the call (a no-op
+    then) is skipped."""
+    from engine.protocol.messages import BalanceChanged
+    from engine.strategy import Denial, PlaceLimit
+
+    core = make_core()
+    core.start()
+    heard: list[Denial] = []
+    core.slots["a"].strategy.on_risk_denied = lambda ctx, d: heard.append(d)  # type: ignore[method-assign]
+    core.slots["a"].noop = frozenset()  # Idle does not define the hook: now it does
+    denial = Denial(PlaceLimit(Side.BUY, 1, 1), "test: denied", "test")
+    core._deferred.append(("a", denial))
+    core.on_notice(BalanceChanged(asset=XBT_GBP.base.code, balance=5))
+    assert heard == [denial] and not core._deferred
+    calls: list[int] = []
+    flush = core._flush_denials
+    core._flush_denials = lambda: (calls.append(1), flush())[1]  # type: ignore[method-assign]
+    core.on_notice(BalanceChanged(asset=XBT_GBP.base.code, balance=6))
+    assert calls == [] and heard == [denial]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(1, 5),
+    steps=st.lists(st.tuples(st.floats(0.0, 1.5, allow_nan=False), st.integers(1, 7)), max_size=40),
+)
+def test_sliding_window_headroom_is_expire_then_count(count, steps):
+    """``SlidingWindow.headroom`` with ``_expire`` inline: the same headroom, and the same
+    events left in the window, as ``_expire(now)`` then ``count - len``."""
+    from engine.limits import SlidingWindow
+
+    fast, slow = SlidingWindow(Limit(count, 1.0, "t")), SlidingWindow(Limit(count, 1.0, "t"))
+    now = 0.0
+    for dt, n in steps:
+        now += dt
+        slow._expire(now)
+        assert fast.headroom(now) == slow.limit.count - len(slow._times)
+        assert list(fast._times) == list(slow._times)
+        if n <= count:
+            assert fast.try_acquire(now, n) == slow.try_acquire(now, n)
+
+
+@given(st.sampled_from([Side.BUY, Side.SELL]), st.sampled_from(["limit", "market", "total"]),
+       st.integers(1, 10**12), st.integers(1, 10**7), st.none() | st.integers(1, 10**15), st.booleans(),
+       st.integers(0, 5), st.sampled_from(["", "a"]))
+def test_tracker_place_builds_the_order_the_keyword_construction_does(side, kind, amount, price, tonce, persist,
+                                                                      epoch, strategy):
+    """``OrderTracker.place`` passes Order's leading fields by position: the order is the
+    one the keyword construction it replaced makes, field for field."""
+    import dataclasses
+
+    from engine.state.orders import Order, OrderTracker
+
+    quantity = None if kind == "total" else amount
+    total = amount if kind == "total" else None
+    limit_price = price if kind == "limit" else None
+    order = OrderTracker(clock=lambda: 2.5).place(
+        9, XBT_GBP, side, quantity=quantity, price=limit_price, total=total, tonce=tonce, epoch=epoch,
+        strategy=strategy, persist=persist)
+    expected = Order(
+        ref=9, strategy=strategy, market=XBT_GBP, side=side, quantity=quantity, price=limit_price, total=total,
+        tonce=tonce, epoch=epoch, persist=persist, remaining=quantity or 0, created_at=2.5, updated_at=2.5,
+        wire_checked=True,
+    )
+    for f in dataclasses.fields(Order):
+        assert getattr(order, f.name) == getattr(expected, f.name), f.name

@@ -289,7 +289,10 @@ class NoticeQueue:
 
     # -- reader side -----------------------------------------------------------------------
 
-    def _pop(self) -> Event | None:
+    def pop_nowait(self) -> Event | None:
+        """The next event, or None when there is none right now (closed or not): the
+        :meth:`receive_nowait` of an inline consumer, without an exception per drain.
+        (The queue's own pop: one Python call per event taken, as for an empty queue.)"""
         slots = self._slots
         while slots:
             slot = slots.popleft()
@@ -315,10 +318,7 @@ class NoticeQueue:
             return event
         return None
 
-    def pop_nowait(self) -> Event | None:
-        """The next event, or None when there is none right now (closed or not): the
-        :meth:`receive_nowait` of an inline consumer, without an exception per drain."""
-        return self._pop() if self._slots else None
+    _pop = pop_nowait
 
     def receive_nowait(self) -> Event:
         """The next event, or raise ``trio.WouldBlock`` / ``trio.EndOfChannel``."""

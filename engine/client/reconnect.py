@@ -198,13 +198,13 @@ class ReconnectingClient:
         conn = await self.wait_connected()
         return await conn.send(command, echo=echo)
 
-    def send_nowait(self, command: Command, *, echo: bool = False) -> ReplyWaiter:
+    def send_nowait(self, command: Command, *, echo: bool = False, vouched: bool = False) -> ReplyWaiter:
         """:meth:`Connection.send_nowait` on the ready connection; ``trio.WouldBlock``
         while there is none (reconnecting, reconciling) or it cannot send at once."""
         conn = self._conn
         if conn is None or conn.closed or self._halted is not None or self._finished:
             raise trio.WouldBlock
-        return conn.send_nowait(command, echo=echo)
+        return conn.send_nowait(command, echo=echo, vouched=vouched)
 
     async def watch_orders(self, base: int, counter: int) -> WatchOrdersReply:
         """Subscribe to an L3 book, now and after every reconnect (snapshot echoed)."""

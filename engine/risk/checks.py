@@ -233,58 +233,78 @@ def pre_trade(
     ``replace_side`` is the side of the order a :class:`Replace` replaces (the runner knows
     it); without it a Replace is judged on both sides (it must pass as a buy *and* a sell).
     """
+    if (
+        type(intent) is PlaceLimit
+        and state is not TradingState.HALTED
+        # _shape's common case, inline (every quote; _shape returns None for it):
+        and type(intent.side) is Side
+        and type(intent.price) is int
+        and 0 < intent.price <= INT64_MAX
+        and type(intent.quantity) is int
+        and 0 < intent.quantity <= INT64_MAX
+        and type(intent.persist) is bool
+        and type(intent.ref) is int
+    ):
+        # Without the isinstance chain, _normalise, an _Order or a _Fmt (built only to word
+        # a refusal): the rules read the fields directly.
+        price, quantity = intent.price, intent.quantity
+        return _judge("limit", intent.side, price, quantity, scales.bid_reservation(quantity, price, market),
+                      False, view, market, limits, user, state, scales)
     bad = _shape(intent, market)
     if bad is not None:
         return _refuse("invalid_intent", bad)
-    if type(intent) is PlaceLimit and state is not TradingState.HALTED:
-        # The common case (every quote), without the isinstance chain and _normalise.
-        order = _Order("limit", intent.side, intent.price, intent.quantity,
-                       scales.bid_reservation(intent.quantity, intent.price, market))
-        return _judge(order, view, market, limits, user, state, _Fmt(market, scales))
     if isinstance(intent, (Cancel, CancelAll)):
         return None  # cancels are allowed in every state; only the rate budget applies
     if state is TradingState.HALTED:
         return _refuse("halted", f"trading is HALTED; only cancels are allowed, not {type(intent).__name__}")
     assert isinstance(intent, (PlaceLimit, PlaceMarket, Replace))
-    fmt = _Fmt(market, scales)
     if isinstance(intent, Replace):
         sides = (replace_side,) if replace_side is not None else (Side.BUY, Side.SELL)
         notional = scales.bid_reservation(intent.quantity, intent.price, market)
         for side in sides:
-            order = _Order("replace", side, intent.price, intent.quantity, notional)
-            refusal = _judge(order, view, market, limits, user, state, fmt)
+            refusal = _judge("replace", side, intent.price, intent.quantity, notional, False,
+                             view, market, limits, user, state, scales)
             if refusal is not None:
                 return refusal
         return None
-    return _judge(_normalise(intent, view, market, scales), view, market, limits, user, state, fmt)
+    o = _normalise(intent, view, market, scales)
+    return _judge(o.kind, o.side, o.price, o.quantity, o.notional, o.by_total, view, market, limits, user, state, scales)
 
 
 def _judge(
-    o: _Order,
+    kind: str,
+    side: Side,
+    price: int | None,
+    quantity: int | None,
+    notional: int | None,
+    by_total: bool,
     view: MarketView,
     market: Market,
     limits: RiskLimits,
     user: UserRiskLimits,
     state: TradingState,
-    fmt: _Fmt,
+    scales: Scales,
 ) -> Refusal | None:
-    buy = o.side is Side.BUY
+    """The per-order rules for one placement (the fields of an :class:`_Order`).  The
+    :class:`_Fmt` that words a refusal is made only for one (not for every order)."""
+    buy = side is Side.BUY
     verb = "buy" if buy else "sell"
-    if o.notional is not None and o.notional > INT64_MAX:
-        return _refuse("invalid_intent", f"order total would overflow: {fmt.total(o.notional)} does not fit 64 bits")
+    if notional is not None and notional > INT64_MAX:
+        fmt = _Fmt(market, scales)
+        return _refuse("invalid_intent", f"order total would overflow: {fmt.total(notional)} does not fit 64 bits")
 
     # Worst case: this order and every open order of the strategy on the same side fill.
     worst, open_same = view.position, 0
-    if o.quantity is not None:
+    if quantity is not None:
         if buy:
-            worst = view.position + view.open_buy_quantity + o.quantity
+            worst = view.position + view.open_buy_quantity + quantity
             open_same = view.open_buy_quantity
         else:
-            worst = view.position - view.open_sell_quantity - o.quantity
+            worst = view.position - view.open_sell_quantity - quantity
             open_same = view.open_sell_quantity
 
     if state is TradingState.REDUCING:
-        if o.quantity is None:
+        if quantity is None:
             return _refuse(
                 "reducing",
                 "trading is REDUCING and a market order by total cannot be sized without a far-side price",
@@ -292,43 +312,47 @@ def _judge(
         # Only towards zero, never past it: the position must be on the other side and stay there.
         ok = (view.position < 0 and worst <= 0) if buy else (view.position > 0 and worst >= 0)
         if not ok:
+            fmt = _Fmt(market, scales)
             return _refuse(
                 "reducing",
-                f"trading is REDUCING; a {verb} of {fmt.qty(o.quantity)} with open {verb}s "
+                f"trading is REDUCING; a {verb} of {fmt.qty(quantity)} with open {verb}s "
                 f"{fmt.qty(open_same)} would take the position from {fmt.qty(view.position, True)} "
                 f"to {fmt.qty(worst, True)}, not towards zero",
             )
 
     if limits.max_order_quantity is not None:
-        if o.quantity is None:
+        if quantity is None:
             return _refuse("max_order_quantity", f"cannot size a market {verb} by total: no best {'ask' if buy else 'bid'}")
-        if o.quantity > limits.max_order_quantity:
-            est = " (estimated at the best price)" if o.by_total else ""
+        if quantity > limits.max_order_quantity:
+            est = " (estimated at the best price)" if by_total else ""
+            fmt = _Fmt(market, scales)
             return _refuse(
                 "max_order_quantity",
-                f"{fmt.qty(o.quantity)}{est} > limit {fmt.qty(limits.max_order_quantity)}",
+                f"{fmt.qty(quantity)}{est} > limit {fmt.qty(limits.max_order_quantity)}",
             )
 
     if limits.max_order_notional is not None:
-        if o.notional is None:
+        if notional is None:
             return _refuse("max_order_notional", f"cannot value a market {verb}: no best {'ask' if buy else 'bid'}")
-        if o.notional > limits.max_order_notional:
-            return _refuse("max_order_notional", f"{fmt.total(o.notional)} > limit {fmt.total(limits.max_order_notional)}")
+        if notional > limits.max_order_notional:
+            fmt = _Fmt(market, scales)
+            return _refuse("max_order_notional", f"{fmt.total(notional)} > limit {fmt.total(limits.max_order_notional)}")
 
     if limits.max_position is not None:
-        if o.quantity is None:
+        if quantity is None:
             return _refuse("max_position", f"cannot size a market {verb} by total: no best {'ask' if buy else 'bid'}")
         # A sell only moves the position down, so only the short bound can break (and a long
         # position above the limit can always be sold down), and vice versa.
         if (worst > limits.max_position) if buy else (worst < -limits.max_position):
+            fmt = _Fmt(market, scales)
             return _refuse(
                 "max_position",
                 f"worst-case position {fmt.qty(worst, True)} exceeds limit {fmt.qty(limits.max_position)} "
                 f"(position {fmt.qty(view.position, True)}, open {verb}s {fmt.qty(open_same)}, "
-                f"this {verb} {fmt.qty(o.quantity)})",
+                f"this {verb} {fmt.qty(quantity)})",
             )
 
-    if o.kind == "limit":  # market orders never rest; a replace swaps one resting order for another
+    if kind == "limit":  # market orders never rest; a replace swaps one resting order for another
         if limits.max_open_orders is not None and view.open_orders + 1 > limits.max_open_orders:
             return _refuse("max_open_orders", f"{view.open_orders} open + 1 > limit {limits.max_open_orders}")
         if view.user_open_orders + 1 > user.max_open_orders:
@@ -337,35 +361,40 @@ def _judge(
                 f"the user has {view.user_open_orders} open + 1 > limit {user.max_open_orders} (LIMITS.md)",
             )
 
-    if o.price is not None and limits.price_band_bps is not None:
+    if price is not None and limits.price_band_bps is not None:
         ref = _reference(view, limits.price_band_reference)
         if ref is None:
             # Fail closed: with a band configured and nothing to measure against, refuse.
-            return _refuse("price_band", f"no reference price (no bid and ask for a mid, no last trade) for a {verb} at {fmt.price(o.price)}")
+            fmt = _Fmt(market, scales)
+            return _refuse("price_band", f"no reference price (no bid and ask for a mid, no last trade) for a {verb} at {fmt.price(price)}")
         num, den, label = ref
-        off = abs(o.price * den - num) * 10000  # |price - num/den| * 10000 * den
+        off = abs(price * den - num) * 10000  # |price - num/den| * 10000 * den
         if off > limits.price_band_bps * num:
+            fmt = _Fmt(market, scales)
             return _refuse(
                 "price_band",
-                f"{verb} at {fmt.price(o.price)} is {ceil_div(off, num)} bps from the {label} "
+                f"{verb} at {fmt.price(price)} is {ceil_div(off, num)} bps from the {label} "
                 f"{fmt.ratio(num, den)} > band {limits.price_band_bps} bps",
             )
 
     if view.own_resting or view.own_best_bid is not None or view.own_best_ask is not None:
         hi_bid, lo_ask = _own_best(view)
-        if o.price is None:
+        if price is None:
             # A market order may sweep any depth, so any own resting order on the far side
             # could become a self-trade.
             own = lo_ask if buy else hi_bid
             if own is not None:
+                fmt = _Fmt(market, scales)
                 return _refuse(
                     "self_cross",
                     f"a market {verb} could trade with the user's own resting {'ask' if buy else 'bid'} at {fmt.price(own)}",
                 )
-        elif buy and lo_ask is not None and o.price >= lo_ask:
-            return _refuse("self_cross", f"buy at {fmt.price(o.price)} would cross the user's own resting ask at {fmt.price(lo_ask)}")
-        elif not buy and hi_bid is not None and o.price <= hi_bid:
-            return _refuse("self_cross", f"sell at {fmt.price(o.price)} would cross the user's own resting bid at {fmt.price(hi_bid)}")
+        elif buy and lo_ask is not None and price >= lo_ask:
+            fmt = _Fmt(market, scales)
+            return _refuse("self_cross", f"buy at {fmt.price(price)} would cross the user's own resting ask at {fmt.price(lo_ask)}")
+        elif not buy and hi_bid is not None and price <= hi_bid:
+            fmt = _Fmt(market, scales)
+            return _refuse("self_cross", f"sell at {fmt.price(price)} would cross the user's own resting bid at {fmt.price(hi_bid)}")
     return None
 
 

@@ -235,11 +235,12 @@ class BalanceView:
 
     # -- our actions -----------------------------------------------------------------------
 
-    def on_place_sent(self, order: Order) -> Delta | None:
+    def on_place_sent(self, order: Order, now: float | None = None) -> Delta | None:
         """A PlaceOrder for ``order`` is being sent: anticipate its reservation.
 
         Idempotent per order (a resubmission while the first delta is still pending adds
-        nothing).  Market orders reserve nothing.
+        nothing).  Market orders reserve nothing.  ``now``: this view's clock, when the
+        caller has just read it (the runtime, for the order it placed at that time).
         """
         if order.price is None or order.quantity is None:
             return None
@@ -250,7 +251,7 @@ class BalanceView:
             code, amount = market.counter.code, self.scales.bid_reservation(order.quantity, order.price, market)
         else:
             code, amount = market.base.code, order.quantity
-        delta = self._add(code, -amount, "reserve", order.ref)
+        delta = self._add(code, -amount, "reserve", order.ref, now)
         if delta is not None:
             self._reserve[order.ref] = delta
         return delta
@@ -334,7 +335,7 @@ class BalanceView:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _add(self, code: int, amount: int, reason: str, ref: int | None) -> Delta | None:
+    def _add(self, code: int, amount: int, reason: str, ref: int | None, now: float | None = None) -> Delta | None:
         if amount == 0:
             return None  # IMPL-GUIDE: "add this amount, if it is non-zero"
         surprises = self._surprises.get(code)
@@ -345,7 +346,7 @@ class BalanceView:
                     del surprises[i]
                     self.stats.surprises_cancelled += 1
                     return None
-        delta = Delta(code, amount, reason, ref, self._clock())
+        delta = Delta(code, amount, reason, ref, self._clock() if now is None else now)
         self._pending.setdefault(code, []).append(delta)
         self._pending_sum[code] = self._pending_sum.get(code, 0) + amount
         return delta
