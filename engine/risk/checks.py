@@ -82,18 +82,10 @@ def _bad_side(value: object) -> str | None:
 
 
 def _shape(intent: object, market: Market) -> str | None:
-    """Why ``intent`` is malformed, or None.  Never raises, whatever ``intent`` is."""
-    if (
-        type(intent) is PlaceLimit
-        and type(intent.side) is Side
-        and type(intent.price) is int
-        and 0 < intent.price <= INT64_MAX
-        and type(intent.quantity) is int
-        and 0 < intent.quantity <= INT64_MAX
-        and type(intent.persist) is bool
-        and type(intent.ref) is int
-    ):
-        return None  # the common case, decided before any text is built (tick-to-order)
+    """Why ``intent`` is malformed, or None.  Never raises, whatever ``intent`` is.
+
+    (The common case, a well-formed PlaceLimit outside HALTED, is decided inline by
+    :func:`pre_trade` before any text is built and never comes here.)"""
     qty_unit = f"scaled {market.base.symbol} units"
     price_unit = f"scaled {market.name} price units"
     if isinstance(intent, PlaceLimit):
@@ -236,7 +228,7 @@ def pre_trade(
     if (
         type(intent) is PlaceLimit
         and state is not TradingState.HALTED
-        # _shape's common case, inline (every quote; _shape returns None for it):
+        # well formed (what _shape accepts, tested without building any text: every quote)
         and type(intent.side) is Side
         and type(intent.price) is int
         and 0 < intent.price <= INT64_MAX
