@@ -164,6 +164,9 @@ class Runner:
         self._t0 = 0.0
         self._heartbeat = time.monotonic()
         self.errors: list[str] = []
+        # Why the run ended, for the summary: "duration", "SIGINT", "SIGTERM", "stop()",
+        # "failed" (see errors); None while it runs.
+        self.ended: str | None = None
         self.sent = {"place": 0, "cancel": 0}
         self.sessions = 0
         self._status_lines = 0
@@ -240,8 +243,10 @@ class Runner:
                     nursery.start_soon(self._status)
                 if opts.handle_signals and threading.current_thread() is threading.main_thread():
                     nursery.start_soon(self._signals)
-                with trio.move_on_after(duration if duration is not None else float("inf")):
+                with trio.move_on_after(duration if duration is not None else float("inf")) as timer:
                     await self._stop.wait()
+                if timer.cancelled_caught:
+                    self.ended = "duration"
                 await self._shutdown()
                 nursery.cancel_scope.cancel()
         except* ExchangeError as group:
@@ -251,6 +256,7 @@ class Runner:
                 self.errors.append(f"exchange refused: {e}")
                 log.error("run failed: %s", e)
             exit_code = 1
+            self.ended = "failed"
         except* (CoinfloorError, trio.TooSlowError, OSError) as group:
             # Connect failures, a start-up barrier that never completes, a config problem
             # found late: a failed run with a one-line reason and a summary, not a traceback.
@@ -259,6 +265,7 @@ class Runner:
                 self.errors.append(why)
                 log.error("run failed: %s", why)
             exit_code = 1
+            self.ended = "failed"
         finally:
             if watchdog is not None:
                 watchdog.stop()
@@ -276,6 +283,8 @@ class Runner:
 
     def stop(self) -> None:
         """Ask the run to shut down gracefully (same as SIGINT)."""
+        if self.ended is None:
+            self.ended = "stop()"
         self._stop.set()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -738,6 +747,8 @@ class Runner:
                     self._flush()
                     continue
                 log.info("%s: shutting down", signal.Signals(signum).name)
+                if self.ended is None:
+                    self.ended = signal.Signals(signum).name
                 self._stop.set()
                 return
 
@@ -782,6 +793,7 @@ class Runner:
             "sessions": self.sessions,
             "commands_sent": dict(self.sent),
             "errors": list(self.errors),
+            "ended": self.ended,
         }
         if self.recorder is not None:
             out["recording"] = str(self.recorder.path)

@@ -38,6 +38,7 @@ async def test_market_maker_trades_in_virtual_time(tmp_path, autojump_clock):
     runner = await _run(cfg, 600)
     s = runner.summary()
     mm = s["strategies"]["mm"]
+    assert s["ended"] == "duration"
     assert s["fills"] > 0 and mm["trades"] > 0
     assert mm["errors"] == 0 and mm["state"] == "ACTIVE"
     # shutdown cancelled everything: no orphans on the exchange either

@@ -250,6 +250,7 @@ async def test_f1_random_disconnects_during_order_flow_keep_the_ledger_exact(
     assert campaign.drops() >= 100, headline
     assert seen["in_doubt"] > 0 and seen["vanished"] > 0, headline
     assert result.exit_code == 0 and s["errors"] == [], s["errors"]
+    assert s["ended"] == "stop()"
     # O1..O8 = 0 at the quiescent instant and after shutdown, except that an order whose
     # fills were inferred in a gap shared with other orders has its base exact and its
     # total and fee within one unit per trade (only the gap's sums are known exactly).

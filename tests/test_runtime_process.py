@@ -200,6 +200,7 @@ async def test_x1_canary_secrets_never_appear_in_any_output(tmp_path):
         assert rc == 0, (tmp_path / "good.stderr").read_text()[-3000:]
         summary = json.loads((tmp_path / "good-summary.json").read_text())
         assert summary["errors"] == [] and summary["commands_sent"]["place"] > 0, summary
+        assert summary["ended"] == "duration"
         # ... and one refused at Authenticate (error 7: wrong passphrase), also at DEBUG.
         rc = await _cftrade(["run", str(bad), "--duration", "8", "--log-level", "debug",
                              "--summary", str(tmp_path / "bad-summary.json")],
@@ -209,6 +210,7 @@ async def test_x1_canary_secrets_never_appear_in_any_output(tmp_path):
         assert "error 7" in bad_err and "Traceback" not in bad_err, bad_err[-2000:]
         bad_summary = json.loads((tmp_path / "bad-summary.json").read_text())
         assert len(bad_summary["errors"]) == 1 and "error 7" in bad_summary["errors"][0], bad_summary
+        assert bad_summary["ended"] == "failed"
     finally:
         await ex.stop()
 
@@ -276,6 +278,7 @@ async def test_f15_sigint_during_flow_exits_0_with_no_open_order_left(tmp_path):
     assert all(i in observer.closed_at for i in resting), "orders resting at SIGINT were never closed"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["open_orders_left"] == 0 and summary["errors"] == [], summary
+    assert summary["ended"] == "SIGINT"
     assert summary["commands_sent"]["cancel"] >= len(resting)
     assert "still open" not in (tmp_path / "run.stderr").read_text()
 
