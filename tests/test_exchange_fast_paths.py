@@ -1,0 +1,285 @@
+"""The exchange's lean paths for a resting limit order and its notices (bench latency,
+session 5) decide and send exactly what the definitions they replaced did.
+
+Each is checked against that definition: the inlined ``BookSide.add`` of a resting order,
+``order_opened``/``order_closed`` without ``Order.signed_quantity``, the ticker flush's own
+test of ``Ticker.expire``'s early-out, the server's frame cache (``text_frame(CODEC.encode(n),
+mask=False)``) and its uncork, inlined into ``_cork_end``.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+
+from engine.errors import LocalProtocolError
+from engine.exchange import notices as _notices
+from engine.exchange.book import BookSide, Order
+from engine.exchange.server import ExchangeServer, _Connection, _NoticeText
+from engine.exchange.windows import BUCKET_US, DAY_US, Ticker
+from engine.protocol.codec import CODEC
+from engine.protocol.messages import (
+    BalanceChanged,
+    CancelOrder,
+    Notice,
+    OrderClosed,
+    OrderOpened,
+    OrdersMatched,
+    PlaceOrder,
+    TickerChanged,
+    WatchOrders,
+    WatchTicker,
+)
+from engine.ws import text_frame
+from tests.test_exchange_core_helpers import GBP_C, XBT_C, Harness, settings
+
+RICH = {"XBT": "1000", "GBP": "100000000.00", "EUR": "0"}
+
+
+def _side_shape(side: BookSide) -> tuple[list[int], list[tuple[int, list[int]]], int]:
+    return list(side.keys), [(p, list(level)) for p, level in sorted(side.levels.items())], side.count
+
+
+def test_rest_path_matches_book_add() -> None:
+    """A seeded stream of resting, crossing and cancelled orders: every side of the book is
+    what ``BookSide.add`` of its resting orders, in arrival order, builds."""
+    h = Harness(settings({1: RICH, 2: RICH, 3: RICH}))
+    sessions = [h.session(u) for u in (1, 2, 3)]
+    rng = random.Random(5)
+    placed: list[tuple[Any, int]] = []
+    for _ in range(600):
+        s = rng.choice(sessions)
+        if placed and rng.random() < 0.3:
+            owner, oid = placed.pop(rng.randrange(len(placed)))
+            h.do(owner, CancelOrder(id=oid))  # may have filled meanwhile: error 1, no change
+            continue
+        q = rng.randrange(1, 50) * 1000
+        price = 3_000_000 + rng.randrange(-40, 40) * 100
+        reply: Any = h.place(s, q if rng.random() < 0.5 else -q, price)
+        if getattr(reply, "id", None):
+            placed.append((s, reply.id))
+    book = h.ex._books[(XBT_C, GBP_C)]
+    for side in (book.bids, book.asks):
+        ref = BookSide(side.is_bid)
+        for o in sorted(side, key=lambda o: o.id):
+            ref.add(o)
+        assert _side_shape(side) == _side_shape(ref)
+    assert book.bids.count and book.asks.count  # both sides were exercised
+
+
+def _order_opened_ref(o: Order, owners: dict[int, Any], watchers: dict[int, Any]) -> None:
+    """notices.order_opened as it was (with Order.signed_quantity)."""
+    q = o.signed_quantity
+    if owners:
+        n = OrderOpened(id=o.id, tonce=o.tonce, base=o.base, counter=o.counter, quantity=q, price=o.price, time=o.time)
+        for s in owners.values():
+            s.deliver(n)
+    pub = None
+    for w in watchers.values():
+        if w.user_id != o.user_id:
+            if pub is None:
+                pub = OrderOpened(id=o.id, base=o.base, counter=o.counter, quantity=q, price=o.price, time=o.time)
+            w.deliver(pub)
+
+
+def _order_closed_ref(o: Order, owners: dict[int, Any], watchers: dict[int, Any]) -> None:
+    q = o.signed_quantity
+    if owners:
+        n = OrderClosed(id=o.id, tonce=o.tonce, base=o.base, counter=o.counter, quantity=q, price=o.price)
+        for s in owners.values():
+            s.deliver(n)
+    pub = None
+    for w in watchers.values():
+        if w.user_id != o.user_id:
+            if pub is None:
+                pub = OrderClosed(id=o.id, base=o.base, counter=o.counter, quantity=q, price=o.price)
+            w.deliver(pub)
+
+
+class _Sink:
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        self.got: list[Notice] = []
+
+    def deliver(self, n: Notice) -> None:
+        self.got.append(n)
+
+
+@pytest.mark.parametrize("is_bid", [True, False])
+@pytest.mark.parametrize("tonce", [None, 7])
+def test_order_notices_sign_the_quantity_like_signed_quantity(is_bid: bool, tonce: int | None) -> None:
+    o = Order(9, 1, tonce, XBT_C, GBP_C, is_bid, 12_345, 3_000_000, 1_700_000_000_000_000, True, 1, 5)
+    for new, ref in ((_notices.order_opened, _order_opened_ref), (_notices.order_closed, _order_closed_ref)):
+        got: list[list[Notice]] = []
+        for fn in (new, ref):
+            owner, other, same = _Sink(1), _Sink(2), _Sink(1)
+            fn(o, {1: owner}, {2: other, 3: same})
+            got.append(owner.got + other.got + same.got)
+        assert got[0] == got[1]
+        assert [CODEC.encode(n) for n in got[0]] == [CODEC.encode(n) for n in got[1]]
+
+
+def test_ticker_flush_expire_guard_is_expires_early_out() -> None:
+    """``_flush_tickers`` calls ``Ticker.expire`` only when its first bucket has left the
+    window; for any bucket layout and time that leaves the ticker as the call would."""
+    rng = random.Random(3)
+    for _ in range(2000):
+        t = Ticker()
+        start = rng.randrange(0, 3 * DAY_US)
+        now = start
+        for _ in range(rng.randrange(0, 6)):
+            now += rng.choice([0, 1, BUCKET_US, rng.randrange(0, 2 * DAY_US)])
+            t.trade(now, rng.randrange(1, 100), rng.randrange(1, 10))
+        at = now + rng.choice([0, 1, BUCKET_US, DAY_US - BUCKET_US, DAY_US, DAY_US + 1, rng.randrange(0, 2 * DAY_US)])
+        called, guarded = copy.deepcopy(t), copy.deepcopy(t)
+        called.expire(at)
+        buckets = guarded.buckets
+        if buckets and buckets[0][0] <= at - guarded.window_us:
+            guarded.expire(at)
+        for name in ("last", "low", "high", "volume"):
+            assert getattr(called, name) == getattr(guarded, name)
+        assert called.buckets == guarded.buckets
+
+
+def test_ticker_changed_after_the_window_moves() -> None:
+    """End to end: a resting order after a day without trades sends the TickerChanged that
+    carries the emptied window (the guard lets expire run)."""
+    h = Harness(settings({1: RICH, 2: RICH, 3: RICH}))
+    a, b, w = h.session(1), h.session(2), h.session(3)
+    h.do(w, WatchTicker(base=XBT_C, counter=GBP_C, watch=True))
+    h.place(a, 1000, 3_000_000)
+    h.place(b, -1000, 3_000_000)  # a trade: low/high/volume set
+    h.notices(w)
+    h.clock.advance(DAY_US / 1e6 + 60)
+    h.place(b, -1000, 3_100_000)  # behind the rest of the first ask: only the window changed
+    assert h.notices(w) == [TickerChanged(base=XBT_C, counter=GBP_C, low=None, high=None, volume=0)]
+
+
+NOTICES: list[Notice] = [
+    OrderOpened(id=1, base=XBT_C, counter=GBP_C, quantity=-100_000, price=2_999_901, time=1_795_510_353_792_112),
+    OrderOpened(id=1, tonce=None, base=XBT_C, counter=GBP_C, quantity=-100_000, price=2_999_901, time=1),
+    OrderOpened(id=2**62, tonce=2**62, base=XBT_C, counter=GBP_C, quantity=-(2**62), price=2**62, time=2**62),
+    TickerChanged(base=XBT_C, counter=GBP_C, ask=3_100_000),
+    TickerChanged(base=XBT_C, counter=GBP_C, last=None, bid=None, ask=None, low=None, high=None, volume=0),
+    BalanceChanged(asset=XBT_C, balance=0),
+    OrdersMatched(base=XBT_C, counter=GBP_C, bid=1, bid_rem=0, ask=2, ask_rem=5, quantity=3, price=4, total=5,
+                  bid_tonce=None, bid_base_fee=0, bid_counter_fee=1, time=6),
+]
+
+
+def test_notice_text_is_text_frame_of_codec_encode() -> None:
+    texts = _NoticeText()
+    sizes = set()
+    for n in NOTICES + list(reversed(NOTICES)):
+        want = text_frame(CODEC.encode(n), mask=False)
+        assert texts(n) == want
+        assert texts(n) == want  # the hit
+        assert texts(copy.copy(n)) == want  # an equal object (a miss): the same bytes
+        sizes.add(len(CODEC.encode(n)) < 126)
+    assert sizes == {True, False}  # both frame header forms
+
+
+def test_notice_text_checks_like_codec_encode(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = BalanceChanged(asset=XBT_C, balance=2**70)  # out of int64: msgspec encodes it, the check refuses
+    with pytest.raises(LocalProtocolError):
+        _NoticeText()(BalanceChanged(asset=XBT_C, balance=object()))  # type: ignore[arg-type]
+    assert _NoticeText()(bad) == text_frame(CODEC.encode(bad), mask=False)
+    monkeypatch.setattr(CODEC, "validate_outgoing", True)
+    with pytest.raises(LocalProtocolError):
+        CODEC.encode(bad)
+    with pytest.raises(LocalProtocolError):
+        _NoticeText()(bad)
+
+
+class _FakeWS:
+    idle = True
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write_nowait(self, data: bytes) -> bool:
+        self.writes.append(bytes(data))
+        return True
+
+
+def _connection(server: ExchangeServer, conn_id: int) -> tuple[_Connection, _FakeWS]:
+    ws = _FakeWS()
+    conn = _Connection(server, ws, conn_id, "test")  # type: ignore[arg-type]
+    conn.session = server.exchange.open_internal_session(conn_id, deliver=conn.deliver)
+    return conn, ws
+
+
+def _ask(price: int) -> PlaceOrder:
+    return PlaceOrder(base=XBT_C, counter=GBP_C, quantity=-100_000, price=price)
+
+
+def _uncork_ref(conn: _Connection) -> None:
+    """_Connection._uncork as it was (now inlined into ExchangeServer._cork_end)."""
+    frames = conn._cork
+    conn._cork = []
+    if not conn.closed:
+        conn._write(frames[0] if len(frames) == 1 else b"".join(frames), len(frames))
+
+
+@pytest.mark.parametrize("closing", [False, True])
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_cork_end_writes_what_uncork_wrote(count: int, closing: bool) -> None:
+    """Per command and connection: one write of the frames the command delivered (the one
+    frame itself, or their join), ``frames_sent`` counting frames; nothing for a connection
+    closed meanwhile; the cork is empty afterwards."""
+    results = []
+    for inline in (True, False):
+        h = Harness(settings({1: RICH, 2: RICH, 3: RICH}))
+        server = ExchangeServer(h.ex)
+        a, aws = _connection(server, 1)
+        b, bws = _connection(server, 3)
+        server._cork_begin()
+        server._cork_begin()  # nested, as the core's hooks inside a connection's command
+        for k in range(count):
+            a.deliver(NOTICES[k])
+            b.deliver(NOTICES[-1 - k])
+        server._cork_end()
+        assert aws.writes == [] and bws.writes == []
+        if closing:
+            b.closed = True
+        if inline:
+            server._cork_end()
+        else:
+            corked, server._corked = server._corked, None
+            server._cork_depth -= 1
+            for conn in corked or ():
+                _uncork_ref(conn)
+        assert server._corked is None and server._cork_depth == 0 and a._cork == [] and b._cork == []
+        results.append((aws.writes, bws.writes, server._c.frames_sent))
+    assert results[0] == results[1]
+    writes_a, writes_b, sent = results[0]
+    assert writes_a == [b"".join(text_frame(CODEC.encode(n), mask=False) for n in NOTICES[:count])]
+    assert writes_b == ([] if closing else [b"".join(text_frame(CODEC.encode(n), mask=False)
+                                                     for n in NOTICES[::-1][:count])])
+    assert sent == count * (1 if closing else 2)
+
+
+def test_resting_ask_reaches_a_watcher_in_one_write() -> None:
+    """End to end through Exchange.handle (the command hooks): an internal user's resting
+    ask gives a watching connection its OrderOpened and TickerChanged in one write; outside
+    a command (a deposit) a frame goes straight out."""
+    h = Harness(settings({1: RICH, 2: RICH, 3: RICH}))
+    server = ExchangeServer(h.ex)
+    watcher, wws = _connection(server, 1)
+    h.ex.handle(watcher.session, WatchOrders(base=XBT_C, counter=GBP_C, watch=True))  # type: ignore[arg-type]
+    h.ex.handle(watcher.session, WatchTicker(base=XBT_C, counter=GBP_C, watch=True))  # type: ignore[arg-type]
+    seller = h.ex.open_internal_session(2)
+    wws.writes.clear()
+    sent = server._c.frames_sent
+    h.ex.handle(seller, _ask(2_999_901))
+    opened = OrderOpened(id=1, base=XBT_C, counter=GBP_C, quantity=-100_000, price=2_999_901, time=h.clock.now)
+    ticker = TickerChanged(base=XBT_C, counter=GBP_C, ask=2_999_901)
+    assert wws.writes == [b"".join(text_frame(CODEC.encode(n), mask=False) for n in (opened, ticker))]
+    assert server._c.frames_sent == sent + 2
+    wws.writes.clear()
+    h.ex.deposit(1, XBT_C, 5)
+    balance = BalanceChanged(asset=XBT_C, balance=h.ex.balances(1)[XBT_C][0])
+    assert wws.writes == [text_frame(CODEC.encode(balance), mask=False)]
