@@ -14,11 +14,14 @@ import random
 from typing import Any
 
 import pytest
+from msgspec import UNSET
 
 from engine.errors import LocalProtocolError
 from engine.exchange import notices as _notices
-from engine.exchange.book import BookSide, Order
+from engine.exchange.book import Book, BookSide, Order
+from engine.exchange.core import Exchange, Msg, Session, _Reject
 from engine.exchange.server import ExchangeServer, _Connection, _NoticeText
+from engine.exchange.settings import PolicySettings
 from engine.exchange.windows import BUCKET_US, DAY_US, Ticker
 from engine.protocol.codec import CODEC
 from engine.protocol.messages import (
@@ -29,12 +32,15 @@ from engine.protocol.messages import (
     OrderOpened,
     OrdersMatched,
     PlaceOrder,
+    PlaceOrderReply,
+    Reply,
     TickerChanged,
     WatchOrders,
     WatchTicker,
 )
+from engine.scale import INT64_MAX
 from engine.ws import text_frame
-from tests.test_exchange_core_helpers import GBP_C, XBT_C, Harness, settings
+from tests.test_exchange_core_helpers import GBP_C, XBT_C, Clock, Harness, settings
 
 RICH = {"XBT": "1000", "GBP": "100000000.00", "EUR": "0"}
 
@@ -283,3 +289,223 @@ def test_resting_ask_reaches_a_watcher_in_one_write() -> None:
     h.ex.deposit(1, XBT_C, 5)
     balance = BalanceChanged(asset=XBT_C, balance=h.ex.balances(1)[XBT_C][0])
     assert wws.writes == [text_frame(CODEC.encode(balance), mask=False)]
+
+
+# -- the whole resting-order path against the one it replaced --------------------------
+
+
+class _ReferenceExchange(Exchange):
+    """The exchange with ``_place_order``, ``_limit_order`` and ``_flush_tickers`` as they
+    were before session 5 (BookSide.add, _notify_opened and Ticker.expire called; a
+    separate ``_limit_order``), copied verbatim from commit 0b4b6f6."""
+
+    def _place_order(self, s: Session, cmd: PlaceOrder, tag: Any) -> Reply:
+        # The hot path: helpers are inlined here on purpose (see bench_exchange_core).
+        uid = s.user_id
+        if uid is None:
+            raise _Reject(7, Msg.NOT_AUTHENTICATED)
+        acct = self._accounts[uid]
+        now = self._clock()
+        if now < self._last_time:
+            now = self._last_time
+        self._last_time = self._now = now
+        if self._limits:
+            self._rate(s, "orders")
+        book = self._books.get((cmd.base, cmd.counter))
+        if book is None:
+            raise _Reject(1, Msg.INVALID_PAIR)
+        tonce: int | None = None if cmd.tonce is UNSET else cmd.tonce
+        if tonce == 0:
+            raise _Reject(8, Msg.TONCE_ZERO)
+        price = cmd.price
+        if price is not UNSET:
+            q = cmd.quantity
+            if q is UNSET:
+                raise _Reject(8, Msg.MARKET_NEEDS)
+            if q == 0:
+                raise _Reject(8, Msg.QUANTITY_ZERO)
+            if price <= 0:
+                raise _Reject(8, Msg.PRICE_ZERO if price == 0 else Msg.PRICE_NEGATIVE)
+            is_bid = q > 0
+            aq = q if is_bid else -q
+            if aq * price > INT64_MAX:
+                raise _Reject(8, Msg.OVERFLOW)
+            if is_bid:
+                need = -((-aq * price * book.mul) // book.den)
+                if need > INT64_MAX:
+                    raise _Reject(8, Msg.OVERFLOW)
+                asset = book.counter
+            else:
+                need = aq
+                asset = book.base
+            if tonce is not None and tonce <= acct.tonce_hw:
+                raise _Reject(3, Msg.TONCE_SEQUENCE)
+            if len(acct.orders) >= self._max_open:
+                raise _Reject(5, Msg.TOO_MANY_ORDERS)
+            if acct.avail[asset] < need:
+                raise _Reject(4, Msg.INSUFFICIENT_FUNDS)
+            # -- no error is possible from here on: commit
+            if tonce is not None:
+                acct.tonce_hw = tonce
+            oid = self._next_id
+            self._next_id = oid + 1
+            order = Order(
+                oid, uid, tonce, book.base, book.counter, is_bid, aq, price, now, cmd.persist is not False, s.id, need
+            )
+            self._limit_order(book, acct, order, s, asset)
+            if self._touched:
+                self._flush_tickers()
+            return PlaceOrderReply(tag=tag, id=oid, time=now)
+
+        # market order
+        if cmd.quantity is not UNSET:
+            if cmd.quantity == 0:
+                raise _Reject(8, Msg.QUANTITY_ZERO)
+            buy = cmd.quantity > 0
+            want_q: int | None = abs(cmd.quantity)
+            want_t: int | None = None
+        elif cmd.total is not UNSET:
+            if cmd.total == 0:
+                raise _Reject(8, Msg.TOTAL_ZERO)
+            buy = cmd.total > 0
+            want_q, want_t = None, abs(cmd.total)
+        else:
+            raise _Reject(8, Msg.MARKET_NEEDS)
+        if tonce is not None and tonce <= acct.tonce_hw:
+            raise _Reject(3, Msg.TONCE_SEQUENCE)
+        if acct.avail[book.counter if buy else book.base] <= 0:
+            raise _Reject(4, Msg.INSUFFICIENT_FUNDS)
+        if tonce is not None:
+            acct.tonce_hw = tonce
+        traded_q, traded_t = self._match(book, acct, buy, None, None, want_q, want_t, tonce)
+        if self._touched:
+            self._flush_tickers()
+        remaining = want_q - traded_q if want_q is not None else want_t - traded_t  # type: ignore[operator]
+        return PlaceOrderReply(tag=tag, remaining=remaining)
+
+    def _limit_order(self, book: Book, acct: Any, order: Order, s: Session, asset: int) -> None:
+        """Reserve, match and rest (or close) a validated limit order."""
+        acct.avail[asset] -= order.reserved
+        acct.reserved[asset] += order.reserved
+        if acct.listeners:
+            self._notify_balance(acct, asset)
+        if self._open_first:
+            self._notify_opened(order)
+        is_bid = order.is_bid
+        # Match only if the order crosses the best opposite price (most orders do not).
+        keys = book.asks.keys if is_bid else book.bids.keys
+        dust = False
+        if keys and (-keys[-1] <= order.price if is_bid else keys[-1] >= order.price):
+            self._match(book, acct, is_bid, order, order.price, None, None, order.tonce)
+            dust = self._dust_taker
+        if order.quantity > 0 and not dust:
+            (book.bids if is_bid else book.asks).add(order)
+            oid = order.id
+            self._orders[oid] = order
+            acct.orders[oid] = order
+            if order.tonce is not None:
+                acct.by_tonce[order.tonce] = order
+            if not order.persist:
+                s.volatile[oid] = order
+            if book.ticker_watchers:
+                self._touched.append(book.codes)
+            if not self._open_first:
+                self._notify_opened(order)
+        else:
+            # Filled on arrival (quantity 0), or what is left cannot pay for one unit plus
+            # its fee at the best price and would cross the book: close it either way.
+            self._release(order, acct, book)
+
+    def _flush_tickers(self) -> None:
+        """Send TickerChanged (changed fields only) for every book this command touched."""
+        touched = self._touched
+        if not touched:
+            return
+        self._touched = []
+        # dict.fromkeys: the touched books once each, in order (usually one book, twice).
+        for codes in dict.fromkeys(touched) if len(touched) > 1 else touched:
+            book = self._books[codes]
+            if not book.ticker_watchers:
+                continue
+            t = book.ticker
+            t.expire(self._now)
+            bids, asks = book.bids.keys, book.asks.keys
+            values: tuple[Any, ...] = (t.last, bids[-1] if bids else None, -asks[-1] if asks else None, t.low, t.high, t.volume)
+            prev = self._ticker_sent.get(codes)
+            if prev == values:
+                continue
+            self._ticker_sent[codes] = values
+            last, bid, ask, low, high, volume = values
+            if prev is None:
+                n = TickerChanged(base=codes[0], counter=codes[1], last=last, bid=bid, ask=ask, low=low,
+                                  high=high, volume=volume)
+            else:  # changed fields only (UNSET = absent); no per-field dict: this runs per tick
+                n = TickerChanged(
+                    base=codes[0], counter=codes[1],
+                    last=last if last != prev[0] else UNSET, bid=bid if bid != prev[1] else UNSET,
+                    ask=ask if ask != prev[2] else UNSET, low=low if low != prev[3] else UNSET,
+                    high=high if high != prev[4] else UNSET, volume=volume if volume != prev[5] else UNSET,
+                )
+            for w in list(book.ticker_watchers.values()):
+                w.deliver(n)
+
+
+def _stream_run(cls: type[Exchange], seed: int, **policy: Any) -> tuple[list[Any], dict[int, list[bytes]], str]:
+    """A seeded stream of limit orders (resting, crossing, dust, persist false, tonces,
+    errors), cancels and market orders, with the clock jumping past the ticker window now
+    and then, through ``cls``; (replies, every session's notices as wire text, state hash)."""
+    clock = Clock()
+    ex_settings = settings({1: RICH, 2: RICH, 3: RICH, 4: {"XBT": "0.001", "GBP": "0.05", "EUR": "0"}},
+                           policy=PolicySettings(**policy), max_open_orders=40)
+    ex = cls(ex_settings, clock_us=clock, rng=random.Random(seed))
+    boxes: dict[int, list[bytes]] = {}
+    sessions = []
+    for uid in (1, 2, 3, 4, 1):
+        box: list[bytes] = []
+        s = ex.open_internal_session(uid, lambda n, box=box: box.append(CODEC.encode(n)))
+        boxes[s.id] = box
+        sessions.append(s)
+    quiet = ex.open_internal_session(2)  # no deliver: no notices built for it
+    sessions.append(quiet)
+    for s in (sessions[0], sessions[2]):
+        ex.handle(s, WatchOrders(base=XBT_C, counter=GBP_C, watch=True))
+        ex.handle(s, WatchTicker(base=XBT_C, counter=GBP_C, watch=True))
+    rng = random.Random(seed)
+    replies: list[Any] = []
+    tonces = dict.fromkeys(range(1, 5), 0)
+    for _ in range(700):
+        r = rng.random()
+        if r < 0.03:
+            clock.advance(rng.choice([1, 61, 86_400, 90_000]))
+        s = rng.choice(sessions)
+        uid = s.user_id
+        assert uid is not None
+        kw: dict[str, Any] = {"base": XBT_C, "counter": GBP_C}
+        if rng.random() < 0.4:
+            tonces[uid] += rng.choice([1, 1, 1, 0, -1])
+            kw["tonce"] = tonces[uid]
+        if r < 0.2 and ex.open_orders(uid):
+            o = rng.choice(ex.open_orders(uid))
+            cmd: Any = CancelOrder(id=o.id)
+        elif r < 0.3:
+            cmd = PlaceOrder(quantity=rng.choice([-1, 1]) * rng.randrange(1, 3000) * 100, **kw)
+        else:
+            q = rng.choice([0, 1, 7, 999, 100_000, 2_500_000, 10**15]) * rng.choice([-1, 1])
+            price = rng.choice([0, -5, 1, 2_999_000 + rng.randrange(0, 40) * 50])
+            cmd = PlaceOrder(quantity=q, price=price, persist=rng.random() < 0.8, **kw)
+        replies.append(ex.handle(s, cmd))
+    ex.check_invariants()
+    return replies, boxes, ex.state_hash()
+
+
+@pytest.mark.parametrize("policy", [{}, {"open_notice_before_match": True}, {"self_trade": "cancel_resting"}])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_place_order_path_matches_the_one_it_replaced(seed: int, policy: dict[str, Any]) -> None:
+    new = _stream_run(Exchange, seed, **policy)
+    ref = _stream_run(_ReferenceExchange, seed, **policy)
+    assert new[0] == ref[0]
+    assert new[1] == ref[1]
+    assert new[2] == ref[2]
+    kinds = {type(r).__name__ for r in new[0]} | {n.split(b",")[0] for box in new[1].values() for n in box}
+    assert {"PlaceOrderReply", "ErrorReply", "CancelOrderReply"} <= kinds
+    assert {b'{"notice":"OrderOpened"', b'{"notice":"OrdersMatched"', b'{"notice":"TickerChanged"'} <= kinds
