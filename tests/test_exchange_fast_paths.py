@@ -3,8 +3,10 @@ session 5) decide and send exactly what the definitions they replaced did.
 
 Each is checked against that definition: the inlined ``BookSide.add`` of a resting order,
 ``order_opened``/``order_closed`` without ``Order.signed_quantity``, the ticker flush's own
-test of ``Ticker.expire``'s early-out, the server's frame cache (``text_frame(CODEC.encode(n),
-mask=False)``) and its uncork, inlined into ``_cork_end``.
+test of ``Ticker.expire``'s early-out, ``_limit_order`` inlined into ``_place_order`` (a
+seeded stream against a copy of the old code), the server's encoding and frame cache in
+``deliver`` (``text_frame(CODEC.encode(n), mask=False)``) and its uncork, inlined into
+``_cork_end``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from engine.errors import LocalProtocolError
 from engine.exchange import notices as _notices
 from engine.exchange.book import Book, BookSide, Order
 from engine.exchange.core import Exchange, Msg, Session, _Reject
-from engine.exchange.server import ExchangeServer, _Connection, _NoticeText
+from engine.exchange.server import ExchangeServer, _Connection
 from engine.exchange.settings import PolicySettings
 from engine.exchange.windows import BUCKET_US, DAY_US, Ticker
 from engine.protocol.codec import CODEC
@@ -176,30 +178,6 @@ NOTICES: list[Notice] = [
 ]
 
 
-def test_notice_text_is_text_frame_of_codec_encode() -> None:
-    texts = _NoticeText()
-    sizes = set()
-    for n in NOTICES + list(reversed(NOTICES)):
-        want = text_frame(CODEC.encode(n), mask=False)
-        assert texts(n) == want
-        assert texts(n) == want  # the hit
-        assert texts(copy.copy(n)) == want  # an equal object (a miss): the same bytes
-        sizes.add(len(CODEC.encode(n)) < 126)
-    assert sizes == {True, False}  # both frame header forms
-
-
-def test_notice_text_checks_like_codec_encode(monkeypatch: pytest.MonkeyPatch) -> None:
-    bad = BalanceChanged(asset=XBT_C, balance=2**70)  # out of int64: msgspec encodes it, the check refuses
-    with pytest.raises(LocalProtocolError):
-        _NoticeText()(BalanceChanged(asset=XBT_C, balance=object()))  # type: ignore[arg-type]
-    assert _NoticeText()(bad) == text_frame(CODEC.encode(bad), mask=False)
-    monkeypatch.setattr(CODEC, "validate_outgoing", True)
-    with pytest.raises(LocalProtocolError):
-        CODEC.encode(bad)
-    with pytest.raises(LocalProtocolError):
-        _NoticeText()(bad)
-
-
 class _FakeWS:
     idle = True
 
@@ -216,6 +194,47 @@ def _connection(server: ExchangeServer, conn_id: int) -> tuple[_Connection, _Fak
     conn = _Connection(server, ws, conn_id, "test")  # type: ignore[arg-type]
     conn.session = server.exchange.open_internal_session(conn_id, deliver=conn.deliver)
     return conn, ws
+
+
+def _delivered(notices: list[Notice]) -> list[bytes]:
+    """What a connection writes for ``notices`` delivered outside a command (one write each)."""
+    h = Harness(settings({1: RICH}))
+    conn, ws = _connection(ExchangeServer(h.ex), 1)
+    for n in notices:
+        conn.deliver(n)
+    return ws.writes
+
+
+def test_deliver_writes_text_frame_of_codec_encode() -> None:
+    """The frame ``deliver`` writes is ``text_frame(CODEC.encode(n), mask=False)`` for every
+    notice: a miss, the cached hit (the same object again), an equal object."""
+    frames = _delivered([m for n in NOTICES + NOTICES[::-1] for m in (n, n, copy.copy(n))])
+    want = [text_frame(CODEC.encode(n), mask=False) for n in NOTICES + NOTICES[::-1] for _ in range(3)]
+    assert frames == want
+    assert {len(CODEC.encode(n)) < 126 for n in NOTICES} == {True, False}  # both header forms
+
+
+def test_two_connections_share_the_frame_of_one_notice() -> None:
+    h = Harness(settings({1: RICH, 2: RICH}))
+    server = ExchangeServer(h.ex)
+    (a, aws), (b, bws) = _connection(server, 1), _connection(server, 2)
+    for n in NOTICES:
+        a.deliver(n)
+        b.deliver(n)
+    assert aws.writes == bws.writes == [text_frame(CODEC.encode(n), mask=False) for n in NOTICES]
+    assert server._notice_text.last is NOTICES[-1]
+
+
+def test_deliver_checks_like_codec_encode(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = BalanceChanged(asset=XBT_C, balance=2**70)  # out of int64: msgspec encodes it, the check refuses
+    with pytest.raises(LocalProtocolError):
+        _delivered([BalanceChanged(asset=XBT_C, balance=object())])  # type: ignore[arg-type]
+    assert _delivered([bad]) == [text_frame(CODEC.encode(bad), mask=False)]
+    monkeypatch.setattr(CODEC, "validate_outgoing", True)
+    with pytest.raises(LocalProtocolError):
+        CODEC.encode(bad)
+    with pytest.raises(LocalProtocolError):
+        _delivered([bad])
 
 
 def _ask(price: int) -> PlaceOrder:

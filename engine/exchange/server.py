@@ -242,15 +242,16 @@ class _Outbox:
 
 
 class _NoticeText:
-    """Encodes notices into server frames (wire bytes), once per notice object.
+    """The server's last encoded notice: the object (a reference, so its id cannot be
+    reused) and its frame (wire bytes), shared by every connection.
 
     The core hands the *same* notice object to every recipient of one form, one after the
-    other (its loops over a book's watchers and a user's sessions), so remembering the last
-    object (by identity, holding a reference so its id cannot be reused) encodes it once.
-    Server frames are unmasked, so the same bytes go to every connection.  Until session 5
-    this kept the last 8 objects and looked them up by equality: with one recipient per
-    notice (the usual case) every lookup was a miss that compared 8 structs (~0.15-0.3 µs);
-    an identity test of the last one finds every repeat the core makes.
+    other (its loops over a book's watchers and a user's sessions), so this encodes it once
+    (see :meth:`_Connection.deliver`).  Server frames are unmasked, so the same bytes go to
+    every connection.  Until session 5 this kept the last 8 objects and looked them up by
+    equality: with one recipient per notice (the usual case) every lookup was a miss that
+    compared 8 structs (~0.15-0.3 µs); an identity test of the last one finds every repeat
+    the core makes.
     """
 
     __slots__ = ("last", "frame")
@@ -259,32 +260,10 @@ class _NoticeText:
         self.last: object = None
         self.frame = b""
 
-    def __call__(self, notice: Notice) -> bytes:
-        if notice is self.last:
-            return self.frame
-        return self.encode(notice)
-
-    def encode(self, notice: Notice) -> bytes:
-        """Encode ``notice`` (a miss) and remember it: ``text_frame(CODEC.encode(notice),
-        mask=False)`` without the two calls around msgspec (a notice is never a Command, so
-        CODEC.encode only checks its text again when ``validate_outgoing`` is set)."""
-        if CODEC.validate_outgoing:
-            utf8 = CODEC.encode(notice)
-        else:
-            try:
-                utf8 = _encode_json(notice)
-            except (TypeError, ValueError, OverflowError):
-                utf8 = CODEC.encode(notice)  # raises the same LocalProtocolError as always
-        n = len(utf8)
-        frame = _TEXT_HEADS[n] + utf8 if n < 126 else text_frame(utf8, mask=False)
-        self.last = notice
-        self.frame = frame
-        return frame
-
 
 _encode_json = CODEC._encoder.encode
-"""The msgspec encoder behind :data:`CODEC` (``Codec.encode`` is this plus error wording and
-the outgoing check, see :meth:`_NoticeText.encode`)."""
+"""The msgspec encoder behind :data:`CODEC`: ``Codec.encode`` is this plus the wording of
+its errors and, for a Command or with ``validate_outgoing``, a check of the text."""
 
 
 def _frame(utf8: bytes) -> bytes:
@@ -493,12 +472,29 @@ class _Connection:
     def deliver(self, notice: Notice) -> None:
         """The session's ``deliver`` callback: encode and queue, or drop a slow reader.
 
-        Runs for every notice to every connection, so the frame cache's hit test and
-        :meth:`_queue` are inlined here (two Python calls less per notice)."""
+        Runs for every notice to every connection, so the encoding and :meth:`_queue` are
+        inlined here (four Python calls less per notice than until session 5)."""
         if self.closed:
             return
         texts = self._notice_text
-        frame = texts.frame if notice is texts.last else texts.encode(notice)
+        if notice is texts.last:
+            frame = texts.frame
+        else:
+            # text_frame(CODEC.encode(notice), mask=False) without the two calls around
+            # msgspec: a notice is never a Command, so CODEC.encode checks its text only
+            # with validate_outgoing, and an encoding error goes through CODEC.encode to
+            # raise its LocalProtocolError.
+            if CODEC.validate_outgoing:
+                utf8 = CODEC.encode(notice)
+            else:
+                try:
+                    utf8 = _encode_json(notice)
+                except (TypeError, ValueError, OverflowError):
+                    utf8 = CODEC.encode(notice)
+            n = len(utf8)
+            frame = _TEXT_HEADS[n] + utf8 if n < 126 else text_frame(utf8, mask=False)
+            texts.last = notice
+            texts.frame = frame
         if self.chaos is not None and self.chaos.notice_delay > 0:
             release = max(self._last_notice_release,
                           trio.current_time() + self._rng.uniform(0, self.chaos.notice_delay))
