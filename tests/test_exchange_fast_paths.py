@@ -273,11 +273,11 @@ def test_cork_end_writes_what_uncork_wrote(count: int, closing: bool) -> None:
         if inline:
             server._cork_end()
         else:
-            corked, server._corked = server._corked, None
+            corked, server._corked = server._corked, []
             server._cork_depth -= 1
-            for conn in corked or ():
+            for conn in corked:
                 _uncork_ref(conn)
-        assert server._corked is None and server._cork_depth == 0 and a._cork == [] and b._cork == []
+        assert server._corked == [] and server._cork_depth == 0 and a._cork == [] and b._cork == []
         results.append((aws.writes, bws.writes, server._c.frames_sent))
     assert results[0] == results[1]
     writes_a, writes_b, sent = results[0]

@@ -293,8 +293,10 @@ class ExchangeServer:
         # through Exchange.handle), frames for every connection are collected here and
         # written once per connection when it returns: one system call for the notices (and
         # the reply) a command causes, instead of one per frame.  _cork_depth nests the
-        # core's own hooks inside a connection reader's command.
-        self._corked: list[_Connection] | None = None
+        # core's own hooks inside a connection reader's command; corking while it is above 0.
+        # The list is kept between commands (replaced only when it holds connections), so
+        # a command that gives no connection a frame allocates nothing.
+        self._corked: list[_Connection] = []
         self._cork_depth = 0
         exchange.command_hooks = (self._cork_begin, self._cork_end)
         seed = self.options.nonce_seed
@@ -411,16 +413,15 @@ class ExchangeServer:
     # -- used by connections -----------------------------------------------------------
 
     def _cork_begin(self) -> None:
-        if self._cork_depth == 0:
-            self._corked = []
         self._cork_depth += 1
 
     def _cork_end(self) -> None:
         depth = self._cork_depth - 1
         self._cork_depth = depth
-        if depth == 0:
-            corked, self._corked = self._corked, None
-            for conn in corked or ():
+        if depth == 0 and self._corked:
+            corked = self._corked
+            self._corked = []
+            for conn in corked:
                 # Each corked connection writes what the command gave it, as one frame
                 # or one join (the uncork, inlined: it ran once per command and connection).
                 frames = conn._cork
@@ -501,20 +502,20 @@ class _Connection:
             self._last_notice_release = release
             self._hold(release, frame)
             return
-        corked = self.server._corked
-        if corked is not None:
+        server = self.server
+        if server._cork_depth:
             cork = self._cork
             if not cork:
-                corked.append(self)
+                server._corked.append(self)
             cork.append(frame)
             return
         self._write(frame)
 
     def _queue(self, frame: bytes) -> None:
-        corked = self.server._corked
-        if corked is not None:
+        server = self.server
+        if server._cork_depth:
             if not self._cork:
-                corked.append(self)
+                server._corked.append(self)
             self._cork.append(frame)
             return
         self._write(frame)
