@@ -316,7 +316,10 @@ def test_resting_ask_reaches_a_watcher_in_one_write() -> None:
 class _ReferenceExchange(Exchange):
     """The exchange with ``_place_order``, ``_limit_order`` and ``_flush_tickers`` as they
     were before session 5 (BookSide.add, _notify_opened and Ticker.expire called; a
-    separate ``_limit_order``), copied verbatim from commit 0b4b6f6."""
+    separate ``_limit_order``), copied from commit 0b4b6f6.  Only the state they share
+    with the rest of the exchange follows its new layout, marked ``# layout``: the touched
+    list holds books (was market codes), each book keeps the ticker values last sent (was
+    ``Exchange._ticker_sent``, by codes)."""
 
     def _place_order(self, s: Session, cmd: PlaceOrder, tag: Any) -> Reply:
         # The hot path: helpers are inlined here on purpose (see bench_exchange_core).
@@ -427,7 +430,7 @@ class _ReferenceExchange(Exchange):
             if not order.persist:
                 s.volatile[oid] = order
             if book.ticker_watchers:
-                self._touched.append(book.codes)
+                self._touched.append(book)  # layout
             if not self._open_first:
                 self._notify_opened(order)
         else:
@@ -442,18 +445,18 @@ class _ReferenceExchange(Exchange):
             return
         self._touched = []
         # dict.fromkeys: the touched books once each, in order (usually one book, twice).
-        for codes in dict.fromkeys(touched) if len(touched) > 1 else touched:
-            book = self._books[codes]
+        for book in dict.fromkeys(touched) if len(touched) > 1 else touched:  # layout
+            codes = book.codes  # layout
             if not book.ticker_watchers:
                 continue
             t = book.ticker
             t.expire(self._now)
             bids, asks = book.bids.keys, book.asks.keys
             values: tuple[Any, ...] = (t.last, bids[-1] if bids else None, -asks[-1] if asks else None, t.low, t.high, t.volume)
-            prev = self._ticker_sent.get(codes)
+            prev = book.ticker_sent  # layout
             if prev == values:
                 continue
-            self._ticker_sent[codes] = values
+            book.ticker_sent = values  # layout
             last, bid, ask, low, high, volume = values
             if prev is None:
                 n = TickerChanged(base=codes[0], counter=codes[1], last=last, bid=bid, ask=ask, low=low,

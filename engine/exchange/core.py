@@ -242,7 +242,6 @@ class Exchange:
         self._verify = settings.policy.verify_each_command
 
         self._books: dict[tuple[int, int], Book] = {}
-        self._ticker_sent: dict[tuple[int, int], tuple[Any, ...]] = {}
         assets: list[int] = []
         for ms in settings.markets:
             m = ms.market
@@ -293,7 +292,7 @@ class Exchange:
 
         self._orders: dict[int, Order] = {}
         self._sessions: dict[int, Session] = {}
-        self._touched: list[tuple[int, int]] = []
+        self._touched: list[Book] = []  # books whose ticker may have changed in this command
         self._auth_rated = False
         self._dust_taker = False  # set by _match: a taker bid that cannot pay for one unit
         self.journal: Callable[[dict[str, Any]], None] | None = None
@@ -711,7 +710,7 @@ class Exchange:
                 if not order.persist:
                     s.volatile[oid] = order
                 if book.ticker_watchers:
-                    self._touched.append(book.codes)
+                    self._touched.append(book)
                 if not self._open_first:
                     # _notify_opened with the owner's account and the book already in hand.
                     owners = acct.listeners
@@ -776,7 +775,7 @@ class Exchange:
         """
         self._dust_taker = False
         if book.ticker_watchers:
-            self._touched.append(book.codes)
+            self._touched.append(book)
         opp: BookSide = book.asks if buy else book.bids
         opp_keys, opp_levels = opp.keys, opp.levels
         mul, den = book.mul, book.den
@@ -974,7 +973,7 @@ class Exchange:
             if s is not None:
                 s.volatile.pop(oid, None)
         if book.ticker_watchers:
-            self._touched.append(book.codes)
+            self._touched.append(book)
         self._release(order, acct, book)
 
     def _release(self, order: Order, acct: _Account, book: Book | None = None) -> None:
@@ -1073,10 +1072,10 @@ class Exchange:
         self._tick()
         # Bring the current watchers up to date first (the 24-hour window may have moved),
         # so that the baseline of "changed" fields is what every watcher has seen.
-        self._touched.append(codes)
+        self._touched.append(book)
         self._flush_tickers()
         values = self._ticker_values(book)
-        self._ticker_sent[codes] = values
+        book.ticker_sent = values
         s.watching_ticker.add(codes)
         book.ticker_watchers[s.id] = s
         last, bid, ask, low, high, volume = values
@@ -1095,8 +1094,7 @@ class Exchange:
         self._touched = []
         now = self._now
         # dict.fromkeys: the touched books once each, in order (usually one book, twice).
-        for codes in dict.fromkeys(touched) if len(touched) > 1 else touched:
-            book = self._books[codes]
+        for book in dict.fromkeys(touched) if len(touched) > 1 else touched:
             if not book.ticker_watchers:
                 continue
             t = book.ticker
@@ -1107,17 +1105,17 @@ class Exchange:
                 t.expire(now)
             bids, asks = book.bids.keys, book.asks.keys
             values: tuple[Any, ...] = (t.last, bids[-1] if bids else None, -asks[-1] if asks else None, t.low, t.high, t.volume)
-            prev = self._ticker_sent.get(codes)
+            prev = book.ticker_sent
             if prev == values:
                 continue
-            self._ticker_sent[codes] = values
+            book.ticker_sent = values
             last, bid, ask, low, high, volume = values
             if prev is None:
-                n = TickerChanged(base=codes[0], counter=codes[1], last=last, bid=bid, ask=ask, low=low,
+                n = TickerChanged(base=book.base, counter=book.counter, last=last, bid=bid, ask=ask, low=low,
                                   high=high, volume=volume)
             else:  # changed fields only (UNSET = absent); no per-field dict: this runs per tick
                 n = TickerChanged(
-                    base=codes[0], counter=codes[1],
+                    base=book.base, counter=book.counter,
                     last=last if last != prev[0] else UNSET, bid=bid if bid != prev[1] else UNSET,
                     ask=ask if ask != prev[2] else UNSET, low=low if low != prev[3] else UNSET,
                     high=high if high != prev[4] else UNSET, volume=volume if volume != prev[5] else UNSET,
@@ -1131,7 +1129,7 @@ class Exchange:
         now = self._tick()
         if self.journal is not None:
             self.journal({"op": "refresh", "t": now})
-        self._touched.extend(self._books)
+        self._touched.extend(self._books.values())
         self._flush_tickers()
 
     # ------------------------------------------------------------------------------------
