@@ -134,6 +134,7 @@ class Book:
         "flat_fees",
         "order_watchers",
         "ticker_watchers",
+        "ticker_sent",
     )
 
     def __init__(self, base: int, counter: int, mul: int, den: int, fee_tiers: list[tuple[int, int, int]]) -> None:
@@ -154,6 +155,9 @@ class Book:
         # session id -> Session (insertion-ordered for deterministic delivery)
         self.order_watchers: dict[int, Any] = {}
         self.ticker_watchers: dict[int, Any] = {}
+        # The ticker values its watchers last saw (last, bid, ask, low, high, volume), the
+        # baseline of the next TickerChanged's changed fields; None until first sent.
+        self.ticker_sent: tuple[Any, ...] | None = None
 
     def side(self, is_bid: bool) -> BookSide:
         return self.bids if is_bid else self.asks

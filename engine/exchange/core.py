@@ -34,6 +34,8 @@ import hmac
 import json
 import random
 import secrets
+from bisect import insort
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -240,7 +242,6 @@ class Exchange:
         self._verify = settings.policy.verify_each_command
 
         self._books: dict[tuple[int, int], Book] = {}
-        self._ticker_sent: dict[tuple[int, int], tuple[Any, ...]] = {}
         assets: list[int] = []
         for ms in settings.markets:
             m = ms.market
@@ -291,7 +292,7 @@ class Exchange:
 
         self._orders: dict[int, Order] = {}
         self._sessions: dict[int, Session] = {}
-        self._touched: list[tuple[int, int]] = []
+        self._touched: list[Book] = []  # books whose ticker may have changed in this command
         self._auth_rated = False
         self._dust_taker = False  # set by _match: a taker bid that cannot pay for one unit
         self.journal: Callable[[dict[str, Any]], None] | None = None
@@ -679,7 +680,47 @@ class Exchange:
             order = Order(
                 oid, uid, tonce, book.base, book.counter, is_bid, aq, price, now, cmd.persist is not False, s.id, need
             )
-            self._limit_order(book, acct, order, s, asset)
+            # Reserve, match and rest (or close) the order (it was _limit_order until
+            # session 5, inlined: one call less per limit order).
+            acct.avail[asset] -= need
+            acct.reserved[asset] += need
+            if acct.listeners:
+                self._notify_balance(acct, asset)
+            if self._open_first:
+                self._notify_opened(order)
+            # Match only if the order crosses the best opposite price (most orders do not).
+            keys = book.asks.keys if is_bid else book.bids.keys
+            dust = False
+            if keys and (-keys[-1] <= price if is_bid else keys[-1] >= price):
+                self._match(book, acct, is_bid, order, price, None, None, tonce)
+                dust = self._dust_taker
+            if order.quantity > 0 and not dust:
+                # BookSide.add, inlined (test_exchange_fast_paths checks it against BookSide.add).
+                side = book.bids if is_bid else book.asks
+                level = side.levels.get(price)
+                if level is None:
+                    level = side.levels[price] = OrderedDict()
+                    insort(side.keys, price if is_bid else -price)
+                level[oid] = order
+                side.count += 1
+                self._orders[oid] = order
+                acct.orders[oid] = order
+                if tonce is not None:
+                    acct.by_tonce[tonce] = order
+                if not order.persist:
+                    s.volatile[oid] = order
+                if book.ticker_watchers:
+                    self._touched.append(book)
+                if not self._open_first:
+                    # _notify_opened with the owner's account and the book already in hand.
+                    owners = acct.listeners
+                    watchers = book.order_watchers
+                    if owners or watchers:
+                        _notices.order_opened(order, owners, watchers)
+            else:
+                # Filled on arrival (quantity 0), or what is left cannot pay for one unit plus
+                # its fee at the best price and would cross the book: close it either way.
+                self._release(order, acct, book)
             if self._touched:
                 self._flush_tickers()
             return PlaceOrderReply(tag=tag, id=oid, time=now)
@@ -710,39 +751,6 @@ class Exchange:
         remaining = want_q - traded_q if want_q is not None else want_t - traded_t  # type: ignore[operator]
         return PlaceOrderReply(tag=tag, remaining=remaining)
 
-    def _limit_order(self, book: Book, acct: _Account, order: Order, s: Session, asset: int) -> None:
-        """Reserve, match and rest (or close) a validated limit order."""
-        acct.avail[asset] -= order.reserved
-        acct.reserved[asset] += order.reserved
-        if acct.listeners:
-            self._notify_balance(acct, asset)
-        if self._open_first:
-            self._notify_opened(order)
-        is_bid = order.is_bid
-        # Match only if the order crosses the best opposite price (most orders do not).
-        keys = book.asks.keys if is_bid else book.bids.keys
-        dust = False
-        if keys and (-keys[-1] <= order.price if is_bid else keys[-1] >= order.price):
-            self._match(book, acct, is_bid, order, order.price, None, None, order.tonce)
-            dust = self._dust_taker
-        if order.quantity > 0 and not dust:
-            (book.bids if is_bid else book.asks).add(order)
-            oid = order.id
-            self._orders[oid] = order
-            acct.orders[oid] = order
-            if order.tonce is not None:
-                acct.by_tonce[order.tonce] = order
-            if not order.persist:
-                s.volatile[oid] = order
-            if book.ticker_watchers:
-                self._touched.append(book.codes)
-            if not self._open_first:
-                self._notify_opened(order)
-        else:
-            # Filled on arrival (quantity 0), or what is left cannot pay for one unit plus
-            # its fee at the best price and would cross the book: close it either way.
-            self._release(order, acct, book)
-
     def _match(
         self,
         book: Book,
@@ -767,7 +775,7 @@ class Exchange:
         """
         self._dust_taker = False
         if book.ticker_watchers:
-            self._touched.append(book.codes)
+            self._touched.append(book)
         opp: BookSide = book.asks if buy else book.bids
         opp_keys, opp_levels = opp.keys, opp.levels
         mul, den = book.mul, book.den
@@ -965,7 +973,7 @@ class Exchange:
             if s is not None:
                 s.volatile.pop(oid, None)
         if book.ticker_watchers:
-            self._touched.append(book.codes)
+            self._touched.append(book)
         self._release(order, acct, book)
 
     def _release(self, order: Order, acct: _Account, book: Book | None = None) -> None:
@@ -1064,10 +1072,10 @@ class Exchange:
         self._tick()
         # Bring the current watchers up to date first (the 24-hour window may have moved),
         # so that the baseline of "changed" fields is what every watcher has seen.
-        self._touched.append(codes)
+        self._touched.append(book)
         self._flush_tickers()
         values = self._ticker_values(book)
-        self._ticker_sent[codes] = values
+        book.ticker_sent = values
         s.watching_ticker.add(codes)
         book.ticker_watchers[s.id] = s
         last, bid, ask, low, high, volume = values
@@ -1084,26 +1092,30 @@ class Exchange:
         if not touched:
             return
         self._touched = []
+        now = self._now
         # dict.fromkeys: the touched books once each, in order (usually one book, twice).
-        for codes in dict.fromkeys(touched) if len(touched) > 1 else touched:
-            book = self._books[codes]
+        for book in dict.fromkeys(touched) if len(touched) > 1 else touched:
             if not book.ticker_watchers:
                 continue
             t = book.ticker
-            t.expire(self._now)
+            # Ticker.expire's own early-out, tested here: a bucket leaves the 24-hour window
+            # at most once a minute, so the call usually decides nothing.
+            buckets = t.buckets
+            if buckets and buckets[0][0] <= now - t.window_us:
+                t.expire(now)
             bids, asks = book.bids.keys, book.asks.keys
             values: tuple[Any, ...] = (t.last, bids[-1] if bids else None, -asks[-1] if asks else None, t.low, t.high, t.volume)
-            prev = self._ticker_sent.get(codes)
+            prev = book.ticker_sent
             if prev == values:
                 continue
-            self._ticker_sent[codes] = values
+            book.ticker_sent = values
             last, bid, ask, low, high, volume = values
             if prev is None:
-                n = TickerChanged(base=codes[0], counter=codes[1], last=last, bid=bid, ask=ask, low=low,
+                n = TickerChanged(base=book.base, counter=book.counter, last=last, bid=bid, ask=ask, low=low,
                                   high=high, volume=volume)
             else:  # changed fields only (UNSET = absent); no per-field dict: this runs per tick
                 n = TickerChanged(
-                    base=codes[0], counter=codes[1],
+                    base=book.base, counter=book.counter,
                     last=last if last != prev[0] else UNSET, bid=bid if bid != prev[1] else UNSET,
                     ask=ask if ask != prev[2] else UNSET, low=low if low != prev[3] else UNSET,
                     high=high if high != prev[4] else UNSET, volume=volume if volume != prev[5] else UNSET,
@@ -1117,7 +1129,7 @@ class Exchange:
         now = self._tick()
         if self.journal is not None:
             self.journal({"op": "refresh", "t": now})
-        self._touched.extend(self._books)
+        self._touched.extend(self._books.values())
         self._flush_tickers()
 
     # ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from engine.protocol.messages import OrderClosed, OrderOpened, OrdersMatched
 
 
 def order_opened(o: Order, owners: dict[int, Any], watchers: dict[int, Any]) -> None:
-    q = o.signed_quantity
+    q = o.quantity if o.is_bid else -o.quantity  # Order.signed_quantity without the property call
     if owners:
         n = OrderOpened(id=o.id, tonce=o.tonce, base=o.base, counter=o.counter, quantity=q, price=o.price, time=o.time)
         for s in owners.values():
@@ -38,7 +38,7 @@ def order_opened(o: Order, owners: dict[int, Any], watchers: dict[int, Any]) -> 
 
 
 def order_closed(o: Order, owners: dict[int, Any], watchers: dict[int, Any]) -> None:
-    q = o.signed_quantity
+    q = o.quantity if o.is_bid else -o.quantity  # Order.signed_quantity without the property call
     if owners:
         n = OrderClosed(id=o.id, tonce=o.tonce, base=o.base, counter=o.counter, quantity=q, price=o.price)
         for s in owners.values():
