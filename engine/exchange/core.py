@@ -680,47 +680,7 @@ class Exchange:
             order = Order(
                 oid, uid, tonce, book.base, book.counter, is_bid, aq, price, now, cmd.persist is not False, s.id, need
             )
-            # Reserve, match and rest (or close) the order (it was _limit_order until
-            # session 5, inlined: one call less per limit order).
-            acct.avail[asset] -= need
-            acct.reserved[asset] += need
-            if acct.listeners:
-                self._notify_balance(acct, asset)
-            if self._open_first:
-                self._notify_opened(order)
-            # Match only if the order crosses the best opposite price (most orders do not).
-            keys = book.asks.keys if is_bid else book.bids.keys
-            dust = False
-            if keys and (-keys[-1] <= price if is_bid else keys[-1] >= price):
-                self._match(book, acct, is_bid, order, price, None, None, tonce)
-                dust = self._dust_taker
-            if order.quantity > 0 and not dust:
-                # BookSide.add, inlined (test_exchange_fast_paths checks it against BookSide.add).
-                side = book.bids if is_bid else book.asks
-                level = side.levels.get(price)
-                if level is None:
-                    level = side.levels[price] = OrderedDict()
-                    insort(side.keys, price if is_bid else -price)
-                level[oid] = order
-                side.count += 1
-                self._orders[oid] = order
-                acct.orders[oid] = order
-                if tonce is not None:
-                    acct.by_tonce[tonce] = order
-                if not order.persist:
-                    s.volatile[oid] = order
-                if book.ticker_watchers:
-                    self._touched.append(book)
-                if not self._open_first:
-                    # _notify_opened with the owner's account and the book already in hand.
-                    owners = acct.listeners
-                    watchers = book.order_watchers
-                    if owners or watchers:
-                        _notices.order_opened(order, owners, watchers)
-            else:
-                # Filled on arrival (quantity 0), or what is left cannot pay for one unit plus
-                # its fee at the best price and would cross the book: close it either way.
-                self._release(order, acct, book)
+            self._limit_order(book, acct, order, s, asset)
             if self._touched:
                 self._flush_tickers()
             return PlaceOrderReply(tag=tag, id=oid, time=now)
@@ -750,6 +710,49 @@ class Exchange:
             self._flush_tickers()
         remaining = want_q - traded_q if want_q is not None else want_t - traded_t  # type: ignore[operator]
         return PlaceOrderReply(tag=tag, remaining=remaining)
+
+    def _limit_order(self, book: Book, acct: _Account, order: Order, s: Session, asset: int) -> None:
+        """Reserve, match and rest (or close) a validated limit order."""
+        is_bid, price, oid, tonce, need = order.is_bid, order.price, order.id, order.tonce, order.reserved
+        acct.avail[asset] -= need
+        acct.reserved[asset] += need
+        if acct.listeners:
+            self._notify_balance(acct, asset)
+        if self._open_first:
+            self._notify_opened(order)
+        # Match only if the order crosses the best opposite price (most orders do not).
+        keys = book.asks.keys if is_bid else book.bids.keys
+        dust = False
+        if keys and (-keys[-1] <= price if is_bid else keys[-1] >= price):
+            self._match(book, acct, is_bid, order, price, None, None, tonce)
+            dust = self._dust_taker
+        if order.quantity > 0 and not dust:
+            # BookSide.add, inlined (test_exchange_fast_paths checks it against BookSide.add).
+            side = book.bids if is_bid else book.asks
+            level = side.levels.get(price)
+            if level is None:
+                level = side.levels[price] = OrderedDict()
+                insort(side.keys, price if is_bid else -price)
+            level[oid] = order
+            side.count += 1
+            self._orders[oid] = order
+            acct.orders[oid] = order
+            if tonce is not None:
+                acct.by_tonce[tonce] = order
+            if not order.persist:
+                s.volatile[oid] = order
+            if book.ticker_watchers:
+                self._touched.append(book)
+            if not self._open_first:
+                # _notify_opened with the owner's account and the book already in hand.
+                owners = acct.listeners
+                watchers = book.order_watchers
+                if owners or watchers:
+                    _notices.order_opened(order, owners, watchers)
+        else:
+            # Filled on arrival (quantity 0), or what is left cannot pay for one unit plus
+            # its fee at the best price and would cross the book: close it either way.
+            self._release(order, acct, book)
 
     def _match(
         self,
