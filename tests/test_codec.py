@@ -356,3 +356,26 @@ def test_outgoing_validation_of_notices_is_opt_in():
         strict.encode(bad)
     assert ei.value.field == "$.balance"
     assert CODEC.encode(bad) == b'{"notice":"BalanceChanged","asset":1,"balance":0.5}'  # not checked by default
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_command_nesting_limit_does_not_depend_on_the_interpreter(as_bytes):
+    # CPython 3.11 stops msgspec at ~1,000 levels, 3.12+ at ~10,000: the exchange's own
+    # limit (MAX_COMMAND_NESTING) decides instead, the same on every version.
+    from engine.protocol.codec import MAX_COMMAND_NESTING, json_nesting
+
+    def frame(depth: int, extra: str = "") -> str:
+        inner = depth - 1  # the command object itself is one level
+        return '{"method":"GetBalances","tag":3,' + extra + '"x":' + "[" * inner + "]" * inner + "}"
+
+    conv = (lambda t: t.encode()) if as_bytes else (lambda t: t)
+    assert CODEC.decode_command(conv(frame(MAX_COMMAND_NESTING))) == GetBalances(tag=3)
+    for depth in (MAX_COMMAND_NESTING + 1, 5000):
+        with pytest.raises(BadCommand, match="JSON nesting too deep"):
+            CODEC.decode_command(conv(frame(depth)))
+    # Brackets inside strings do not nest, and many shallow values are fine.
+    quoted = '"s":"' + "[{" * 100 + '\\"[",'
+    assert CODEC.decode_command(conv(frame(2, quoted))) == GetBalances(tag=3)
+    siblings = '"y":[' + ",".join(["[]"] * 200) + "],"
+    assert CODEC.decode_command(conv(frame(2, siblings))) == GetBalances(tag=3)
+    assert json_nesting(frame(7, quoted + siblings)) == 7

@@ -46,6 +46,33 @@ R = TypeVar("R", bound=Reply)
 
 DEFAULT_MAX_FRAME = 1 << 20  # bytes; the exchange uses a smaller limit for commands
 
+MAX_COMMAND_NESTING = 32
+"""How deeply a command's JSON may nest arrays and objects (the protocol's commands are flat
+objects: depth 1; deeper values can only sit in fields the exchange ignores).  Deeper
+frames are refused with error 8 "JSON nesting too deep.".  Without this limit the answer
+would depend on the interpreter: msgspec stops at CPython's recursion limit, which is
+about 1,000 levels on 3.11 and about 10,000 on 3.12+, so a frame nested 5,000 deep was
+refused on one and executed on the other."""
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def json_nesting(data: bytes | str) -> int:
+    """The deepest nesting of arrays and objects in a JSON text (brackets inside strings do
+    not count).  For well-formed JSON; used on frames the cheap test in
+    :meth:`Codec.decode_command` finds suspicious, so C-speed throughout (no Python loop
+    over the frame)."""
+    import numpy as np  # the protocol layer needs it only here
+
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    a = np.frombuffer(brackets, dtype=np.uint8)
+    steps = np.where((a == 0x5B) | (a == 0x7B), 1, -1)
+    return int(np.cumsum(steps).max())
+
 
 class UnknownNotice(RemoteProtocolError):
     """A frame with a ``notice`` we do not know (log once per name, then ignore)."""
@@ -230,6 +257,14 @@ class Codec:
         """Decode a command; any refusal is a :class:`BadCommand` carrying the reply text."""
         if len(data) > self.max_frame:
             raise BadCommand(f"Request too large ({len(data)} bytes, limit {self.max_frame}).", tag=None)
+        # Fewer opening brackets than the limit cannot nest deeper than it: two C-level
+        # counts decide every real command; only a suspicious frame is measured.
+        if isinstance(data, bytes):
+            opening = data.count(b"[") + data.count(b"{")
+        else:
+            opening = data.count("[") + data.count("{")
+        if opening > MAX_COMMAND_NESTING and json_nesting(data) > MAX_COMMAND_NESTING:
+            raise BadCommand("JSON nesting too deep.", tag=None)
         try:
             return self._command_decoder.decode(data)  # type: ignore[no-any-return]
         except msgspec.ValidationError as e:
