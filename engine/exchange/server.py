@@ -71,7 +71,7 @@ from engine.errors import ConfigError, HandshakeFailed, WebSocketClosed
 from engine.protocol.auth import NONCE_BYTES, b64_nonce
 from engine.protocol.codec import CODEC, BadCommand
 from engine.protocol.messages import Command, Notice, Reply, Welcome
-from engine.ws import _TEXT_HEADS, WebSocket, accept_request, text_frame
+from engine.ws import TEXT_HEADS, WebSocket, accept_request, text_frame
 
 if TYPE_CHECKING:
     from engine.exchange.core import Exchange, Session
@@ -261,9 +261,10 @@ class _NoticeText:
         self.frame = b""
 
 
-_encode_json = CODEC._encoder.encode
-"""The msgspec encoder behind :data:`CODEC`: ``Codec.encode`` is this plus the wording of
-its errors and, for a Command or with ``validate_outgoing``, a check of the text."""
+_encode_json = CODEC.encode_unchecked
+"""Bound once (``deliver`` runs per notice and connection): ``Codec.encode`` is this plus
+the wording of its errors and, for a Command or with ``validate_outgoing``, a check of the
+text."""
 
 
 def _frame(utf8: bytes) -> bytes:
@@ -493,7 +494,7 @@ class _Connection:
                 except (TypeError, ValueError, OverflowError):
                     utf8 = CODEC.encode(notice)
             n = len(utf8)
-            frame = _TEXT_HEADS[n] + utf8 if n < 126 else text_frame(utf8, mask=False)
+            frame = TEXT_HEADS[n] + utf8 if n < 126 else text_frame(utf8, mask=False)
             texts.last = notice
             texts.frame = frame
         if self.chaos is not None and self.chaos.notice_delay > 0:

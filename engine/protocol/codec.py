@@ -138,6 +138,10 @@ class Codec:
         self.validate_outgoing = validate_outgoing
         self._check_decoders: dict[type, msgspec.json.Decoder] = {}
         self._encoder = msgspec.json.Encoder()
+        self.encode_unchecked = self._encoder.encode
+        """msgspec's encoder itself: :meth:`encode` without its check and without the wording
+        of its errors (msgspec's TypeError / ValueError / OverflowError come through).  For
+        messages built from ints by the exchange (its notices, ``engine.exchange.server``)."""
         self._notice_decoder = msgspec.json.Decoder(Union[NOTICES])  # type: ignore[valid-type]
         self._command_decoder = msgspec.json.Decoder(Union[COMMANDS])  # type: ignore[valid-type]
         self._head_decoder = msgspec.json.Decoder(_ReplyHead)
