@@ -426,7 +426,7 @@ class TradingCore:
                     self._call(order.strategy, "on_fill", fill)
                     self._mark(order.strategy)
             if order is not None and slot is not None and slot.started and type(ev) in (Opened, Closed):
-                self._call(order.strategy, "on_order", order)
+                self._notify(order)
             if type(ev) is Closed and order is not None:
                 self.risk_after_close(order)
 
@@ -457,8 +457,15 @@ class TradingCore:
         self.tracker.on_cancel_lost(order)
 
     def _notify(self, order: Order) -> None:
+        """``on_order`` once per change of the order's state.  A notice and the reply to our
+        own command often report one change between them (OrderOpened, then PlaceOrder's
+        reply; OrderClosed, then CancelOrder's reply), in either order: the second says
+        nothing new and is not passed on."""
+        if order._told is order.state:
+            return
         slot = self.slots.get(order.strategy)
         if slot is not None and slot.started:
+            order._told = order.state
             self._call(order.strategy, "on_order", order)
 
     # -- inputs: reconciliation ------------------------------------------------------------

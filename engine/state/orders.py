@@ -226,6 +226,7 @@ class Order:
     The fields it covers never change after the placement."""
     _cancel_from: OrderState | None = None
     _fill_keys: set[_TradeKey] = field(default_factory=set)
+    _told: OrderState | None = None  # the state the strategy last saw (on_order), TradingCore's
 
     @property
     def is_open(self) -> bool:
