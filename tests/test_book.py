@@ -389,3 +389,18 @@ def test_reset_goes_back_to_buffering() -> None:
     assert len(book) == 0 and book.stats().buffered == 1
     book.load_snapshot([])
     assert book.best_bid == 11
+
+
+def test_levels_take_the_strategy_api_side() -> None:
+    # Side.BUY is an IntEnum equal to 1, which is ASK: told apart by type, BUY is the bids.
+    from engine.strategy import Side
+
+    book = Book()
+    book.load_snapshot([BookOrder(id=1, quantity=5, price=990, time=1), BookOrder(id=2, quantity=-7, price=1010, time=2)])
+    for api, raw in ((Side.BUY, BID), (Side.SELL, ASK)):
+        assert [a.tolist() for a in book.levels(api, 3)] == [a.tolist() for a in book.levels(raw, 3)]
+        assert [a.tolist() for a in book.cumulative_depth(api, 3)] == [a.tolist() for a in book.cumulative_depth(raw, 3)]
+    assert book.levels(Side.BUY, 1)[0].tolist() == [990]
+    for bad in (2, -1, True, "bid"):
+        with pytest.raises(ValueError, match="side must be"):
+            book.levels(bad, 1)  # type: ignore[arg-type]

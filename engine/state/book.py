@@ -57,6 +57,7 @@ from engine.protocol.messages import (
 from engine.scale import V2, XBT_GBP, Market, Scales
 from engine.state import book_kernels as K
 from engine.state.events import EVENT_DTYPE
+from engine.strategy import Side
 
 __all__ = [
     "BID",
@@ -414,10 +415,16 @@ class Book:
         return None if m is None else Fraction(m, 2)
 
     def levels(self, side: int, n: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The best ``n`` levels of ``side`` (BID or ASK), best first: (prices, quantities,
-        order counts) as int64 arrays, shorter when the side has fewer levels."""
-        if side not in (BID, ASK):
-            raise ValueError(f"side must be BID (0) or ASK (1), was {side!r}")
+        """The best ``n`` levels of ``side``, best first: (prices, quantities, order counts)
+        as int64 arrays, shorter when the side has fewer levels.
+
+        ``side`` is ``BID`` / ``ASK`` (0 / 1) or the strategy API's ``Side.BUY`` (the bids)
+        / ``Side.SELL`` (the asks).  Side is an IntEnum whose BUY equals 1, which is ASK:
+        it is told apart by its type, so ``levels(Side.BUY)`` is the bids."""
+        if type(side) is Side:
+            side = BID if side is Side.BUY else ASK
+        elif side not in (BID, ASK) or isinstance(side, bool):
+            raise ValueError(f"side must be BID (0), ASK (1), Side.BUY or Side.SELL, was {side!r}")
         n = max(0, int(n))
         p = np.empty(n, dtype=np.int64)
         q = np.empty(n, dtype=np.int64)
