@@ -169,7 +169,6 @@ class Runner:
         self.ended: str | None = None
         self.sent = {"place": 0, "cancel": 0}
         self.sessions = 0
-        self._status_lines = 0
         self.startup_s = 0.0
         self.recorder: Any = None
         """With ``recording.enabled``: the backtests.recording writer of this session."""
@@ -838,6 +837,45 @@ class _Watchdog:
                 os._exit(3)
 
 
+class StatusBlock:
+    """The live status: a block of lines kept at the bottom of a terminal's stderr.
+
+    Redrawn in place (ANSI: move up over the previous block, clear to the end).  Anything
+    else written to stderr must go *above* it, or the next redraw would move up over those
+    lines and erase them: :class:`StatusAwareHandler` clears the block before each log
+    record, and the next redraw starts below the record."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+
+    def clear(self) -> None:
+        if self.lines:
+            sys.stderr.write(f"\x1b[{self.lines}F\x1b[J")
+            self.lines = 0
+
+    def draw(self, lines: list[str]) -> None:
+        self.clear()
+        sys.stderr.write("\n".join(lines) + "\n")
+        sys.stderr.flush()
+        self.lines = len(lines)
+
+
+STATUS = StatusBlock()
+"""The process's one status block (stderr is one terminal)."""
+
+
+class StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stderr log handler that writes its records above the live status, never over it."""
+
+    def __init__(self, block: StatusBlock = STATUS) -> None:
+        super().__init__(sys.stderr)
+        self.block = block
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.block.clear()
+        super().emit(record)
+
+
 def _render_status(runner: Runner) -> None:
     core = runner.core
     if core is None:
@@ -863,11 +901,7 @@ def _render_status(runner: Runner) -> None:
         )
     lines.append(f"  rate headroom: {st.user_tokens_left}/{st.user_budget.count} order commands per "
                  f"{st.user_budget.per:g} s; sessions {runner.sessions}; kill: {st.kill_reason or 'off'}")
-    # redraw in place: move up over the previous block and clear it (ANSI CPL + ED)
-    prev = runner._status_lines
-    sys.stderr.write((f"\x1b[{prev}F\x1b[J" if prev else "") + "\n".join(lines) + "\n")
-    sys.stderr.flush()
-    runner._status_lines = len(lines)
+    STATUS.draw(lines)
 
 
 def _px(value: int | None, market: Market) -> str:

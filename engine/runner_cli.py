@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from engine.errors import CoinfloorError
-from engine.runner import Runner, RunOptions
+from engine.runner import Runner, RunOptions, StatusAwareHandler
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cftrade run: {e}", file=sys.stderr)
         return 2
     level = (args.log_level or config.logging.level).upper()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    # Log records go above the live status (a plain StreamHandler's lines were erased by
+    # the status's next in-place redraw).
+    handlers: list[logging.Handler] = [StatusAwareHandler()]
     if config.logging.file:
         handlers.append(logging.FileHandler(config.logging.file))
     logging.basicConfig(level=getattr(logging, level), handlers=handlers,

@@ -114,3 +114,43 @@ async def test_replies_are_applied_by_callback_and_time_out_at_their_exact_deadl
         nursery.cancel_scope.cancel()
     assert core.events == [(6.0, "A", "reply 7"), (14.0, "B", "reply timed out"), (14.0, "C", "reply timed out")]
     assert (answered.abandoned, silent.abandoned, late.abandoned) == (False, True, True)
+
+
+def _screen(text: str) -> list[str]:
+    """What a terminal shows after ``text`` (only what the status uses: lines, CSI n F =
+    cursor up n lines to column 0, CSI J = erase from the cursor to the end)."""
+    import re
+
+    rows: list[str] = []
+    for part in re.split(r"(\x1b\[\d*F\x1b\[J)", text):
+        m = re.fullmatch(r"\x1b\[(\d*)F\x1b\[J", part)
+        if m:
+            del rows[len(rows) - int(m.group(1) or 1):]
+        else:
+            rows.extend(part.splitlines())
+    return rows
+
+
+def test_log_records_go_above_the_live_status_not_under_its_redraw(capsys) -> None:
+    import logging
+
+    from engine.runner import StatusAwareHandler, StatusBlock
+
+    block = StatusBlock()
+    handler = StatusAwareHandler(block)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("test.status")
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        block.draw(["[###   ] 1/10 s", "  mm ACTIVE"])
+        log.error("strategy mm raised in on_timer\nTraceback (most recent call last):\nValueError: late")
+        block.draw(["[####  ] 2/10 s", "  mm HALTED"])
+        block.draw(["[##### ] 3/10 s", "  mm HALTED"])
+    finally:
+        log.removeHandler(handler)
+    screen = _screen(capsys.readouterr().err)
+    assert screen == [
+        "ERROR strategy mm raised in on_timer", "Traceback (most recent call last):", "ValueError: late",
+        "[##### ] 3/10 s", "  mm HALTED",
+    ], screen
