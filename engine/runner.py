@@ -167,6 +167,7 @@ class Runner:
         # Why the run ended, for the summary: "duration", "SIGINT", "SIGTERM", "stop()",
         # "failed" (see errors); None while it runs.
         self.ended: str | None = None
+        self.failure: str | None = None  # set when the run must end as failed (exit 1)
         self.sent = {"place": 0, "cancel": 0}
         self.sessions = 0
         self.startup_s = 0.0
@@ -247,6 +248,10 @@ class Runner:
                 if timer.cancelled_caught:
                     self.ended = "duration"
                 await self._shutdown()
+                if self.failure is not None:
+                    self.errors.append(self.failure)
+                    self.ended = "failed"
+                    exit_code = 1
                 nursery.cancel_scope.cancel()
         except* ExchangeError as group:
             # A definitive refusal (Authenticate error 7, ...) reaches us wrapped by the
@@ -734,6 +739,10 @@ class Runner:
             await trio.sleep(0.5)
             core.poll_risk()
             self._flush()
+            if core.all_failed and self.failure is None:
+                self.failure = "every strategy raised and is halted (see each strategy's last_error)"
+                log.error("%s: ending the run", self.failure)
+                self._stop.set()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:

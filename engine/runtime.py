@@ -827,6 +827,15 @@ class TradingCore:
         if risk.needs_cancel(name):
             self._cancel_strategy(name)
 
+    @property
+    def all_failed(self) -> bool:
+        """Every strategy raised and is halted: nothing is left to trade (the runner ends
+        the run as failed instead of idling out its duration)."""
+        risk = self.risk
+        return bool(self.slots) and all(
+            slot.stats.errors > 0 and risk.is_halted(name) for name, slot in self.slots.items()
+        )
+
     def _flush_denials(self) -> None:
         if self._in_hook:
             return

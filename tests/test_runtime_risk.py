@@ -232,6 +232,21 @@ async def test_f16_manual_kill_by_signal_sigusr1(tmp_path, autojump_clock):
     assert doc["kill"]["state"] == "HALTED"
 
 
+async def test_f14_when_every_strategy_has_crashed_the_run_ends_as_failed(tmp_path, autojump_clock):
+    # Nothing is left to trade: the run stops (it would idle out its duration, or forever
+    # without one) and says so: exit 1, ended "failed", the reason in errors.
+    cfg = load_config(f"strategies:{CRASH}", tmp_path / "state")
+    runner, tap = _runner(cfg, 3600)
+    t0 = trio.current_time()
+    result = await run_with(runner)
+    s = result.summary
+    assert result.exit_code == 1 and s["ended"] == "failed", s
+    assert s["errors"] == ["every strategy raised and is halted (see each strategy's last_error)"]
+    assert "ZeroDivisionError" in s["strategies"]["crash"]["last_error"]
+    assert trio.current_time() - t0 < 120  # the crash comes after 30 s; it did not wait an hour
+    assert s["open_orders_left"] == 0 and runner.exchange.open_orders(1) == []
+
+
 async def test_f14_a_crashing_strategy_halts_alone_and_the_others_keep_trading(tmp_path, autojump_clock):
     cfg = load_config(f"strategies:{CRASH}{MM}{GRID}", tmp_path / "state")
     runner, tap = _runner(cfg, 400)
