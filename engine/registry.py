@@ -99,6 +99,10 @@ def resolve(spec: str) -> type:
         cls = _REGISTRY.get(spec)
         if cls is not None:
             return cls
+        if "." in spec:  # "mystrat.TouchQuoter": a module path with a dot for the colon
+            mod, _, name = spec.rpartition(".")
+            raise ConfigError(f"unknown strategy {spec!r}; a class of your own is 'module:Class', "
+                              f"here {mod + ':' + name!r}")
         close = difflib.get_close_matches(spec, list(_REGISTRY), n=3, cutoff=0.5)
         hint = (
             "did you mean " + " or ".join(repr(c) for c in close) + "?"
@@ -116,7 +120,10 @@ def resolve(spec: str) -> type:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as e:
         if e.name is not None and (module == e.name or module.startswith(e.name + ".")):
-            raise ConfigError(f"no module named {module!r} (is it on PYTHONPATH?)") from None
+            raise ConfigError(
+                f"no module named {module!r} (is it on PYTHONPATH? cftrade does not import from "
+                "the current directory: run with PYTHONPATH=. or install your package)"
+            ) from None
         raise ConfigError(f"importing {module!r} failed: {type(e).__name__}: {e}") from e
     except ImportError as e:
         raise ConfigError(f"importing {module!r} failed: {type(e).__name__}: {e}") from e

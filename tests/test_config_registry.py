@@ -37,6 +37,11 @@ def test_unknown_name_suggests_closest() -> None:
         resolve("h6_tiny_registr")
     with pytest.raises(ConfigError, match=r"registered: .*h6_tiny_registry"):
         resolve("zzzzzzzzzzzzzzzz")
+    # a dot where the colon belongs: the right spelling is named
+    with pytest.raises(ConfigError, match=r"a class of your own is 'module:Class', here 'tests.test_config_registry:Tiny'"):
+        resolve("tests.test_config_registry.Tiny")
+    with pytest.raises(ConfigError, match=r"cftrade does not import from the current directory"):
+        resolve("no_such_module_h6:Tiny")
 
 
 @pytest.mark.parametrize(
