@@ -100,9 +100,9 @@ def resolve(spec: str) -> type:
         if cls is not None:
             return cls
         if "." in spec:  # "mystrat.TouchQuoter": a module path with a dot for the colon
-            mod, _, name = spec.rpartition(".")
+            dotted, _, name = spec.rpartition(".")
             raise ConfigError(f"unknown strategy {spec!r}; a class of your own is 'module:Class', "
-                              f"here {mod + ':' + name!r}")
+                              f"here {dotted + ':' + name!r}")
         close = difflib.get_close_matches(spec, list(_REGISTRY), n=3, cutoff=0.5)
         hint = (
             "did you mean " + " or ".join(repr(c) for c in close) + "?"
