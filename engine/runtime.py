@@ -91,6 +91,8 @@ class StrategyStats:
     """Hook calls that ran strategy code (a hook the strategy does not override is skipped)."""
     intents: int = 0
     denials: int = 0
+    denials_by_rule: dict[str, int] = field(default_factory=dict)
+    """Denials per risk rule; the first of each rule is logged (WARNING) with its reason."""
     errors: int = 0
     last_error: str = ""
 
@@ -685,7 +687,14 @@ class TradingCore:
             replace_side = old.side if old is not None else None
         denial = self.risk.check(name, intent, self._view(name, market), market, replace_side=replace_side)
         if denial is not None:
-            slot.stats.denials += 1
+            stats = slot.stats
+            stats.denials += 1
+            by_rule = stats.denials_by_rule
+            seen = by_rule.get(denial.rule, 0)
+            by_rule[denial.rule] = seen + 1
+            if not seen:  # once per rule: a strategy without on_risk_denied still learns why
+                log.warning("strategy %s: an intent was denied (%s): %s; the summary counts every denial "
+                            "by rule (denials_by_rule), on_risk_denied hears each", name, denial.rule, denial.reason)
             self.denials.append((name, denial))
             self._deferred.append((name, denial))
             if not self._in_hook:
@@ -903,6 +912,7 @@ class TradingCore:
                 "hooks": slot.stats.hooks,
                 "intents": slot.stats.intents,
                 "denials": slot.stats.denials,
+                "denials_by_rule": dict(slot.stats.denials_by_rule),
                 "errors": slot.stats.errors,
                 "last_error": slot.stats.last_error or None,
             }

@@ -75,7 +75,7 @@ GRID = """
 """
 
 
-async def test_b8_bad_output_is_denied_with_reasons_and_never_reaches_the_wire(tmp_path, autojump_clock):
+async def test_b8_bad_output_is_denied_with_reasons_and_never_reaches_the_wire(tmp_path, autojump_clock, caplog):
     cfg = load_config("""
         strategies:
           - name: bad
@@ -107,6 +107,14 @@ async def test_b8_bad_output_is_denied_with_reasons_and_never_reaches_the_wire(t
     assert tap.places() == [] and tap.cancels() == []
     s = result.summary["strategies"]["bad"]
     assert s["denials"] == 8 and s["errors"] == 0 and s["state"] == "ACTIVE"  # a denial is not a crash
+    # Counted by rule in the summary, and the first of each rule logged with its reason (a
+    # strategy without on_risk_denied would otherwise never say why nothing trades).
+    assert s["denials_by_rule"] == {r: rules.count(r) for r in set(rules)}
+    logged = [r.getMessage() for r in caplog.records if "an intent was denied" in r.getMessage()]
+    assert len(logged) == len(set(rules)), logged
+    for rule in set(rules):
+        first = next(d.reason for d in bad.denials if d.rule == rule)
+        assert sum(f"({rule}): {first}" in m for m in logged) == 1, (rule, logged)
 
 
 async def test_f16_max_loss_halts_cancels_within_1s_and_nothing_more_is_placed(tmp_path, autojump_clock):
