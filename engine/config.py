@@ -285,7 +285,10 @@ class RunSection(ConfigStruct, frozen=True, kw_only=True):
     duration: Annotated[float, Meta(gt=0)] | None = None
     """Seconds to run before a graceful stop, or null to run until stopped."""
     seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] = 0
-    """Master seed (embedded exchange, simulated participants, backtests)."""
+    """Seed of the embedded exchange's stochastic rounding (also a backtest's, and the
+    client's reconnect jitter).  The simulated market's agents have their own seed,
+    ``participants.seed`` in the exchange's settings file (configs/exchange.yaml), so runs
+    with different ``run.seed`` see the same market until that changes."""
     api_version: Literal[1, 2] = 2
     """Coinfloor API version, which fixes the scale of amounts (SCALE.md): 1 or 2."""
     state_dir: ConfigPath = "state"
