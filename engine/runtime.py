@@ -262,7 +262,8 @@ class TradingCore:
         self.ready = True
         for name, slot in self.slots.items():
             if self.risk.state(name) is TradingState.HALTED:
-                log.warning("strategy %s starts HALTED (persisted): not started", name)
+                log.warning("strategy %s starts HALTED (persisted): not started; after fixing the cause, "
+                            "`cftrade kill CONFIG --resume %s` lifts the halt", name, name)
                 self._cancel_strategy(name)
                 continue
             self._call(name, "on_start")

@@ -272,3 +272,25 @@ def test_kill_file_present_at_start(tmp_path):
     g = make(None, "a", kill_file=kill)
     assert g.state("a") is HALTED
     assert g.poll_kill_file() is True
+
+
+def test_kill_file_reason_is_the_one_cftrade_kill_wrote(tmp_path):
+    # cftrade kill writes {"reason": ...} into the file; the halt records that reason
+    # (a bare file keeps "exists"; a symlink is not followed; junk is ignored).
+    import json
+    import os
+
+    kill = tmp_path / "KILL"
+    kill.write_text(json.dumps({"reason": "desk  says\\nstop", "at": 1.0, "by": "cftrade kill"}))
+    g = make(tmp_path / "risk.json", "a", kill_file=kill)
+    assert g.poll_kill_file() is True
+    assert g.reason("a") == f"kill file {kill}: desk says\\nstop"
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"reason": "the passphrase"}))
+    for body in (None, "not json", json.dumps(["reason"])):
+        other = tmp_path / f"k{body is None}{len(body or '')}"
+        if body is None:
+            os.symlink(secret, other)
+        else:
+            other.write_text(body)
+        assert RiskGovernor._kill_file_reason(other) == f"kill file {other} exists"

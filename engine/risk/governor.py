@@ -33,6 +33,7 @@ budgets have left.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -484,8 +485,24 @@ class RiskGovernor:
             return False
         present = os.path.lexists(self._kill_file)
         if present and self._kill is None:
-            self.halt(None, f"kill file {self._kill_file} exists")
+            self.halt(None, self._kill_file_reason(self._kill_file))
         return present
+
+    @staticmethod
+    def _kill_file_reason(path: str | os.PathLike[str]) -> str:
+        """"kill file PATH: REASON" with the ``--reason`` that ``cftrade kill`` wrote into the
+        file (JSON), so the halt records why; "kill file PATH exists" for any other file (a
+        bare ``touch``).  Not followed if it is a symlink, and read only up to 4 KiB."""
+        reason = ""
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as fh:
+                data = json.loads(fh.read(4096))
+            if isinstance(data, dict) and isinstance(data.get("reason"), str):
+                reason = " ".join(data["reason"].split())[:200]
+        except (OSError, ValueError):
+            pass
+        return f"kill file {path}: {reason}" if reason else f"kill file {path} exists"
 
     # -- cancels the runner owes -----------------------------------------------------------
 
