@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         handlers.append(logging.FileHandler(config.logging.file))
     logging.basicConfig(level=getattr(logging, level), handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.live and config.exchange.embedded:
+        print("cftrade run: --live is for a real endpoint (exchange.url with live: true); "
+              "this config trades on the embedded local exchange", file=sys.stderr)
+        return 2
     if args.duration is not None and not args.duration > 0:
         print("cftrade run: --duration must be > 0", file=sys.stderr)
         return 2

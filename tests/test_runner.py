@@ -154,3 +154,16 @@ def test_log_records_go_above_the_live_status_not_under_its_redraw(capsys) -> No
         "ERROR strategy mm raised in on_timer", "Traceback (most recent call last):", "ValueError: late",
         "[##### ] 3/10 s", "  mm HALTED",
     ], screen
+
+
+def test_cli_refuses_live_on_the_embedded_exchange_before_any_io(tmp_path, capsys) -> None:
+    from engine import runner_cli
+
+    cfg = _config(tmp_path, """
+        strategies:
+          - {name: mm, class: market_maker, market: "XBT:GBP"}
+    """)
+    assert runner_cli.main([str(cfg), "--live", "--duration", "1"]) == 2
+    assert "--live is for a real endpoint" in capsys.readouterr().err
+    assert runner_cli.main([str(cfg), "--duration", "0"]) == 2
+    assert not (tmp_path / "state" / "summary.json").exists()
