@@ -85,7 +85,7 @@ def summary(path: str, cfg: RunConfig) -> str:
         f"  exchange:   {cfg.exchange.describe()}",
         f"  markets:    {', '.join(cfg.markets)}",
         f"  strategies: {strategies}",
-        f"  run:        API v{r.api_version}, {duration}, seed {r.seed}, state in {r.state_dir}",
+        f"  run:        API v{r.api_version}, {duration}, seed {r.seed}, state in {Path(r.state_dir).resolve()}",
     ]
     if cfg.exchange.requires_live_flag:
         lines.append("  note:       live target: `cftrade run` refuses it without --live")
@@ -127,6 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for path in args.configs:
         try:
+            if _is_exchange_settings(path):
+                from engine.exchange.cli import load_config as load_exchange_config
+
+                load_exchange_config(path)
+                if not args.quiet:
+                    sys.stdout.write(f"OK {path}\n  exchange settings (for cftrade exchange --config, "
+                                     "or a run config's exchange.config)\n")
+                continue
             cfg = check(path)
         except (ConfigError, SecretError, ScaleError) as e:
             sys.stderr.write(f"{e}\n")
@@ -135,6 +143,23 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             sys.stdout.write(summary(path, cfg))
     return status
+
+
+_EXCHANGE_ONLY_KEYS = frozenset({"api_version", "users", "participants", "fees"})
+
+
+def _is_exchange_settings(path: str) -> bool:
+    """A file whose top level is an exchange's settings (configs/exchange.yaml), not a run
+    config: it has an exchange-only key and no ``strategies``.  Anything unreadable is left
+    to the run-config loader, whose errors name file, line and key."""
+    import yaml
+
+    try:
+        with open(path, "rb") as fh:
+            top = yaml.safe_load(fh.read(1 << 20))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(top, dict) and "strategies" not in top and bool(_EXCHANGE_ONLY_KEYS & set(top))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -249,3 +250,19 @@ def test_exchange_embedded_is_the_named_default() -> None:
     d = config_cli.run_config_schema()["$defs"]["ExchangeConfig"]
     assert d["anyOf"][0] == {"enum": ["embedded"]}
     assert d["anyOf"][1]["additionalProperties"] is False and "url" in d["anyOf"][1]["properties"]
+
+
+def test_check_recognises_the_exchange_settings_files(capsys: pytest.CaptureFixture[str]) -> None:
+    # `cftrade check configs/*.yaml` checks the exchange's settings files as such (they
+    # failed as run configs: "api_version: unknown key").
+    root = Path(__file__).resolve().parents[1]
+    assert config_cli.main([str(root / "configs" / "exchange.yaml"), str(root / "configs" / "market_maker.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "exchange settings" in out and "OK " in out and "/../" not in out
+
+
+def test_check_reports_errors_in_an_exchange_settings_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "ex.yaml"
+    bad.write_text("api_version: 2\nusers:\n  - user_id: 1\n    demo: no\n")
+    assert config_cli.main([str(bad)]) == 2
+    assert re.search(r"ex\.yaml:4: users\[0\]\.demo: expected true or false", capsys.readouterr().err)
