@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -53,6 +54,17 @@ def _check_strategy_class(cls: Any, what: str) -> None:
     conf = getattr(cls, "Config", None)
     if not (isinstance(conf, type) and issubclass(conf, msgspec.Struct)):
         raise ConfigError(f"{what} has no 'Config' attribute holding a msgspec Struct type (its parameter schema)")
+    # Strategies never await: an async hook would return a coroutine the runtime cannot use
+    # (it would fail at its first call, after the run started); say so at check time.
+    for hook in HOOKS:
+        fn = getattr(cls, hook, None)
+        if fn is not None and (inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)):
+            raise ConfigError(f"{what}: {hook} is 'async def'; strategy hooks are plain 'def' (strategies never await)")
+
+
+HOOKS = ("on_start", "on_book", "on_trade", "on_ticker", "on_order", "on_fill", "on_timer",
+         "on_risk_denied", "on_stop")
+"""The strategy hooks (:class:`engine.strategy.Strategy`), all plain ``def``."""
 
 
 def register(name: str) -> Callable[[S], S]:

@@ -46,7 +46,9 @@ from engine.protocol.messages import (
     TickerChanged,
     WatchOrdersReply,
 )
+from engine.registry import HOOKS
 from engine.risk import RiskGovernor, TradingState
+from engine.risk.checks import safe_repr
 from engine.risk.model import MarketView
 from engine.scale import DEFAULT, Market, Scales, to_scaled
 from engine.state import lostfills
@@ -824,6 +826,12 @@ class TradingCore:
         try:
             result = getattr(slot.strategy, hook)(slot.ctx, *args)
             if result is not None:
+                if not isinstance(result, Iterable) or isinstance(result, (str, bytes)):
+                    # `return ctx.buy(...)` returns the order's ref (an int): the order is
+                    # already placed, the return value is the mistake.
+                    raise TypeError(f"{hook} returned {safe_repr(result, 60)} ({type(result).__name__}); "
+                                    "a hook returns None or an iterable of intents (ctx.buy/sell/... "
+                                    "already placed their intents: do not return their refs)")
                 for intent in result:
                     slot.ctx.emit(intent)
         except Exception as e:  # F14: a strategy's bug halts that strategy only
@@ -920,8 +928,7 @@ class TradingCore:
         return out
 
 
-_HOOKS = ("on_start", "on_book", "on_trade", "on_ticker", "on_order", "on_fill", "on_timer",
-          "on_risk_denied", "on_stop")
+_HOOKS = HOOKS
 
 
 def _inherited_hooks(strategy: Strategy) -> frozenset[str]:

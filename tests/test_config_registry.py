@@ -84,3 +84,15 @@ def test_register_rejects_bad_names_and_conflicts() -> None:
     with pytest.raises(ValueError, match="already registered by tests.test_config_registry.Tiny"):
         register("h6_tiny_registry")(Other)
     assert register("h6_tiny_registry")(Tiny) is Tiny  # same class again: fine (module reload)
+
+
+class AsyncHook:
+    Config = TinyConfig
+
+    async def on_book(self, ctx):  # a mistake the runtime could only meet at its first call
+        return None
+
+
+def test_an_async_hook_is_refused_at_check_time() -> None:
+    with pytest.raises(ConfigError, match=r"on_book is 'async def'; strategy hooks are plain 'def'"):
+        resolve("tests.test_config_registry:AsyncHook")

@@ -255,6 +255,22 @@ async def test_f14_when_every_strategy_has_crashed_the_run_ends_as_failed(tmp_pa
     assert s["open_orders_left"] == 0 and runner.exchange.open_orders(1) == []
 
 
+async def test_a_hook_returning_a_ref_halts_with_a_clear_reason(tmp_path, autojump_clock):
+    strategy = """
+  - name: ret
+    class: "tests.test_runtime_support:ReturnsRef"
+    market: "XBT:GBP"
+"""
+    cfg = load_config(f"strategies:{strategy}{MM}", tmp_path / "state")
+    runner, tap = _runner(cfg, 60)
+    result = await run_with(runner)
+    s = result.summary["strategies"]
+    assert s["ret"]["state"] == "HALTED" and s["ret"]["errors"] == 1
+    assert s["ret"]["last_error"].startswith("TypeError: on_book returned ") and "do not return their refs" in s["ret"]["last_error"]
+    assert s["mm"]["state"] == "ACTIVE" and result.exit_code == 0
+    assert runner.exchange.open_orders(1) == []  # the placed bid was cancelled with the halt, like any crash
+
+
 async def test_f14_a_crashing_strategy_halts_alone_and_the_others_keep_trading(tmp_path, autojump_clock):
     cfg = load_config(f"strategies:{CRASH}{MM}{GRID}", tmp_path / "state")
     runner, tap = _runner(cfg, 400)

@@ -517,3 +517,16 @@ def strategy_of(runner: Runner, tonce: int) -> str | None:
     assert core is not None
     o = core.tracker.by_tonce(tonce)
     return None if o is None else o.strategy
+
+
+class ReturnsRef(Strategy):
+    """Places one far bid and *returns* its ref from on_book (a common mistake)."""
+
+    class Config(StrategyConfig, frozen=True, forbid_unknown_fields=True, kw_only=True):
+        pass
+
+    def on_book(self, ctx: Context) -> Any:
+        bid = ctx.book.best_bid
+        if bid is None:
+            return None
+        return ctx.buy(bid // 2, ctx.amount("0.01"))
