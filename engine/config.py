@@ -187,11 +187,15 @@ class RiskLimits(ConfigStruct, frozen=True, kw_only=True):
     """Halt when the realised plus unrealised loss reaches this much, counter asset."""
     max_drawdown: Amount | None = None
     """Halt when the equity falls this much below its peak, counter asset."""
+    reduce_at_loss: Amount | None = None
+    """Go REDUCING when the loss reaches this much, counter asset: the strategy's orders are
+    cancelled and from then on only orders that bring its position towards zero pass (a
+    soft limit below max_loss; `cftrade kill CONFIG --resume NAME` returns it to ACTIVE)."""
 
     def check_scale(self, markets: list[Market], scales: Scales) -> None:
         """Raise ``invalid`` if an amount has more decimals than its asset's scale holds."""
         for key, side in (("max_order_quantity", "base"), ("max_order_notional", "counter"),
-                          ("max_loss", "counter"), ("max_drawdown", "counter")):
+                          ("max_loss", "counter"), ("max_drawdown", "counter"), ("reduce_at_loss", "counter")):
             text = getattr(self, key)
             if text is None:
                 continue
@@ -430,6 +434,7 @@ class RunConfig(ConfigStruct, frozen=True, kw_only=True):
                 price_band_reference=r.price_band_reference,
                 max_loss=amt(r.max_loss, market.counter),
                 max_drawdown=amt(r.max_drawdown, market.counter),
+                reduce_at_loss=amt(r.reduce_at_loss, market.counter),
                 order_rate=None if rate is None else Limit(rate.count, rate.per, "user"),
             )
 

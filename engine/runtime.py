@@ -882,7 +882,7 @@ class TradingCore:
     def _mark(self, name: str) -> None:
         reasons = self.risk.on_equity(name, self.equity_units(name))  # floor: integer units
         if reasons:
-            log.warning("kill switch for %s: %s", name, "; ".join(reasons))
+            log.warning("risk limit for %s: %s", name, "; ".join(reasons))
             self._cancel_strategy(name)
 
     def poll_risk(self) -> None:

@@ -294,3 +294,23 @@ def test_kill_file_reason_is_the_one_cftrade_kill_wrote(tmp_path):
         else:
             other.write_text(body)
         assert RiskGovernor._kill_file_reason(other) == f"kill file {other} exists"
+
+
+def test_reduce_at_loss_is_a_soft_limit_below_max_loss(tmp_path):
+    g = make(tmp_path / "risk.json", "x")
+    g.add_strategy("r", RiskLimits(reduce_at_loss=2_000, max_loss=10_000), market=XBT_GBP)
+    g.on_equity("r", 100_000)
+    assert g.on_equity("r", 98_000) == [] and g.state("r") is ACTIVE  # loss exactly 20.00: allowed
+    assert g.on_equity("r", 97_999) == [
+        "reduce_at_loss: loss 20.01 GBP > limit 20.00 GBP (equity 979.99 GBP, start 1000.00 GBP)"
+    ]
+    assert g.state("r") is TradingState.REDUCING and g.needs_cancel("r") and g.state("x") is ACTIVE
+    g.cancel_done("r")
+    assert g.on_equity("r", 95_000) == [] and not g.needs_cancel("r")  # entered once, not per mark
+    assert make(tmp_path / "risk.json", "r").state("r") is TradingState.REDUCING  # persisted
+    assert g.on_equity("r", 89_999)[0].startswith("max_loss: loss 100.01 GBP")
+    assert g.state("r") is HALTED  # the hard limit still trips from REDUCING
+    # one step past both at once: HALTED, not REDUCING
+    g.add_strategy("j", RiskLimits(reduce_at_loss=2_000, max_loss=10_000), market=XBT_GBP)
+    g.on_equity("j", 100_000)
+    assert [r.split(":")[0] for r in g.on_equity("j", 50_000)] == ["max_loss"] and g.state("j") is HALTED

@@ -153,6 +153,34 @@ async def test_f16_max_loss_halts_cancels_within_1s_and_nothing_more_is_placed(t
     assert ledger(runner, tap).clean
 
 
+async def test_reduce_at_loss_puts_the_strategy_in_reducing_before_max_loss(tmp_path, autojump_clock):
+    # The soft limit: REDUCING (persisted), its resting bid cancelled, and from then on its
+    # buys (which only grow its long position) are denied by rule "reducing"; max_loss,
+    # far beyond, is never reached because it can no longer add to the loss.
+    churn = """
+  - name: churn
+    class: "tests.test_runtime_support:Churn"
+    market: "XBT:GBP"
+    risk: {reduce_at_loss: "0.01", max_loss: "5.00"}
+"""
+    cfg = load_config(f"strategies:{churn}", tmp_path / "state")
+    runner, tap = _runner(cfg, 300)
+    result = await run_with(runner)
+    assert result.exit_code == 0, result.summary
+    s = result.summary["strategies"]["churn"]
+    assert s["state"] == "REDUCING", s
+    assert runner.core.risk.reason("churn").startswith("reduce_at_loss: loss ")
+    assert s["denials_by_rule"].get("reducing", 0) > 10, s  # every later buy: 5 s timer, 300 s
+    doc = json.loads((tmp_path / "state" / "risk.json").read_text())
+    assert doc["strategies"]["churn"]["state"] == "REDUCING"
+    rest = runner.core.tracker.get(runner.core.slots["churn"].strategy.rest)
+    assert rest is not None and rest.state.name == "CANCELLED"
+    # What reached the exchange after REDUCING began: nothing (the strategy only buys).
+    t_reduce = min(c.t for c in tap.cancels() if c.cmd.id == rest.id)
+    assert all(p.t <= t_reduce for p in _placed_by(runner, tap, "churn"))
+    assert ledger(runner, tap).clean
+
+
 def _kill_config(tmp_path: Path) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(f"strategies:{MM}{GRID}\nrun:\n  seed: 5\n  state_dir: \"{tmp_path / 'state'}\"\n")

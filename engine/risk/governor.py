@@ -363,7 +363,8 @@ class RiskGovernor:
         The first mark is the start; the highest the peak.  Returns the reasons the kill switch
         tripped (empty if it did not): loss from start above ``max_loss``, drawdown from the
         peak above ``max_drawdown``.  On a trip the strategy is HALTED (persisted) and
-        :meth:`needs_cancel` is raised.  A mark that is not an int halts too (fail closed).
+        :meth:`needs_cancel` is raised.  A loss above ``reduce_at_loss`` (and no trip) puts
+        an ACTIVE strategy in REDUCING instead (persisted, :meth:`needs_cancel` raised).  A mark that is not an int halts too (fail closed).
         """
         s = self._get(name)
         if type(equity) is not int:
@@ -392,6 +393,15 @@ class RiskGovernor:
             )
         if reasons:
             self._halt_one(s, "; ".join(reasons))
+        elif (s.limits.reduce_at_loss is not None and loss > s.limits.reduce_at_loss
+              and (rec is None or rec.state is ACTIVE) and self._kill is None):
+            # The soft limit: REDUCING, persisted like HALTED.  Its resting orders are
+            # cancelled (they may add to the position); it may then only reduce.
+            reason = (f"reduce_at_loss: loss {fmt(loss)} > limit {fmt(s.limits.reduce_at_loss)} "
+                      f"(equity {fmt(equity)}, start {fmt(s.start)})")
+            self.reduce(name, reason)
+            s.needs_cancel = True
+            reasons.append(reason)
         return reasons
 
     def _equity_fmt(self, s: _Strategy) -> Callable[[int], str]:

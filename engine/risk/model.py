@@ -88,6 +88,10 @@ class RiskLimits:
     ``max_loss``            counter units lost since the first equity mark (realized +
                             unrealized - fees, as the runner computes equity): trips HALTED.
     ``max_drawdown``        counter units below the peak equity mark: trips HALTED.
+    ``reduce_at_loss``      counter units lost since the first equity mark that put an ACTIVE
+                            strategy in REDUCING (its open orders are cancelled; from then on
+                            only orders that bring the position towards zero pass): a soft
+                            limit below ``max_loss``.
     ``order_rate``          this strategy's budget of exchange "order placements" (cancels
                             count too); ``None`` = a fair share of the user budget.
     """
@@ -100,6 +104,7 @@ class RiskLimits:
     price_band_reference: BandReference = "mid"
     max_loss: int | None = None
     max_drawdown: int | None = None
+    reduce_at_loss: int | None = None
     order_rate: Limit | None = None
 
     def __post_init__(self) -> None:
@@ -111,6 +116,7 @@ class RiskLimits:
             "price_band_bps",
             "max_loss",
             "max_drawdown",
+            "reduce_at_loss",
         ):
             _check_limit("risk", name, getattr(self, name))
         if self.price_band_reference not in ("mid", "last"):
@@ -138,6 +144,7 @@ class RiskLimits:
             ),
             max_loss=low(self.max_loss, other.max_loss),
             max_drawdown=low(self.max_drawdown, other.max_drawdown),
+            reduce_at_loss=low(self.reduce_at_loss, other.reduce_at_loss),
             order_rate=self.order_rate if self.order_rate is not None else other.order_rate,
         )
 
