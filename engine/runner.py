@@ -904,10 +904,14 @@ def _render_status(runner: Runner) -> None:
         )
     st = core.risk.statistics()
     for name, s in core.summary()["strategies"].items():
+        market = core.slots[name].market
         lines.append(
-            f"  {name:<14} {s['state']:<8} pos {s['position']:>12}  pnl {s['net_pnl']:>10}  "
+            f"  {name:<14} {s['state']:<8} pos {s['position']:>12} {market.base.symbol}  "
+            f"pnl {s['net_pnl']:>10} {market.counter.symbol}  "
             f"open {s['orders_open']:>3}  fills {s['trades']:>4}  denied {s['denials']}"
         )
+        if s["state"] != "ACTIVE":  # why, on its own line (the summary has it too)
+            lines.append(f"    {s['state'].lower()}: {(core.risk.reason(name) or '')[:100]}")
     lines.append(f"  rate headroom: {st.user_tokens_left}/{st.user_budget.count} order commands per "
                  f"{st.user_budget.per:g} s; sessions {runner.sessions}; kill: {st.kill_reason or 'off'}")
     STATUS.draw(lines)
