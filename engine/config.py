@@ -39,10 +39,18 @@ from msgspec import Meta
 from msgspec.structs import force_setattr
 
 from engine import registry
-from engine.configload import Amount, ConfigPath, ConfigStruct, SecretRef, invalid, load
+from engine.configload import (
+    Amount,
+    ConfigPath,
+    ConfigStruct,
+    SecretRef,
+    decimal_fields,
+    invalid,
+    load,
+)
 from engine.errors import ConfigError, ScaleError
 from engine.limits import DEFAULT_LIMITS, MAX_OPEN_ORDERS, Limit
-from engine.scale import Market, Scales, asset_by_symbol, market_by_name
+from engine.scale import Market, Scales, asset_by_symbol, market_by_name, parse_price
 
 __all__ = [
     "ExchangeConfig",
@@ -373,6 +381,26 @@ class RunConfig(ConfigStruct, frozen=True, kw_only=True):
                     s.risk.check_scale([s.market_info], scales)
                 except ConfigError as e:
                     raise invalid(("strategies", i, "risk", *getattr(e, "key", ())), getattr(e, "why", str(e))) from None
+        # A strategy's decimal params must fit the scales of its market (checked here, not at
+        # its on_start, where a ScaleError halts the strategy and the halt persists).  Prices
+        # have the market's price scale; an Amount is in the base or the counter asset (the
+        # strategy knows which), so it must fit at least one of them.
+        for i, s in enumerate(self.strategies):
+            mk = s.market_info
+            for key, kind, text in decimal_fields(s.params):
+                try:
+                    if kind == "price":
+                        parse_price(text, mk)
+                    else:
+                        try:
+                            scales.parse_amount(text, mk.base)
+                        except ScaleError:
+                            scales.parse_amount(text, mk.counter)
+                except ScaleError as e:
+                    why = str(e) if kind == "price" else (
+                        f"amount {text!r} has more decimal places than {mk.base.symbol} or "
+                        f"{mk.counter.symbol} amounts allow")
+                    raise invalid(("strategies", i, "params", key), why) from None
         # Per-strategy budgets must fit the user's order budget (LIMITS.md x safety factor).
         lim = DEFAULT_LIMITS["orders"]
         allowed = self.rate_limits.safety_factor * lim.count / lim.per

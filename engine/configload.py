@@ -441,6 +441,27 @@ def _kind_of(t: mi.Type) -> str | None:
     return t.extra.get(_KIND) if isinstance(t, mi.Metadata) and t.extra else None
 
 
+def decimal_fields(obj: Any) -> list[tuple[str, str, str]]:
+    """``(field, kind, text)`` for each :data:`Amount` (kind ``"amount"``) or :data:`Price`
+    (``"price"``) field of a converted config Struct that is set: what a caller checks
+    against the scales of the assets it belongs to (a strategy's params, say)."""
+    if not isinstance(obj, msgspec.Struct):
+        return []
+    out = []
+    info = mi.type_info(type(obj))
+    for f in getattr(info, "fields", ()):
+        _, kind = _unwrap(f.type)
+        if kind not in ("amount", "price"):
+            for m in (f.type.types if isinstance(f.type, mi.UnionType) else ()):
+                _, kind = _unwrap(m)
+                if kind in ("amount", "price"):
+                    break
+        text = getattr(obj, f.name)
+        if kind in ("amount", "price") and isinstance(text, str):
+            out.append((f.encode_name, kind, text))
+    return out
+
+
 def _unwrap(t: mi.Type) -> tuple[mi.Type, str | None]:
     kind = None
     while isinstance(t, mi.Metadata):

@@ -266,3 +266,16 @@ def test_check_reports_errors_in_an_exchange_settings_file(tmp_path: Path, capsy
     bad.write_text("api_version: 2\nusers:\n  - user_id: 1\n    demo: no\n")
     assert config_cli.main([str(bad)]) == 2
     assert re.search(r"ex\.yaml:4: users\[0\]\.demo: expected true or false", capsys.readouterr().err)
+
+
+def test_strategy_decimal_params_must_fit_their_market_at_check_time() -> None:
+    # Too precise for any asset of the market: refused by check, with file:line and path (it
+    # used to pass check and halt the strategy at on_start with a ScaleError, persisted).
+    head = "strategies:\n  - name: a\n    class: h6_maker\n    market: 'XBT:GBP'\n    params:\n"
+    with pytest.raises(ConfigError, match=r"<string>:6: strategies\[0\]\.params\.size: amount '0\.000000001' has "
+                                          r"more decimal places than XBT or GBP amounts allow"):
+        loads(head + "      size: '0.000000001'\n", RunConfig)
+    assert loads(head + "      size: '0.00000001'\n", RunConfig).strategies[0].params.size == "0.00000001"
+    mm = "strategies:\n  - name: m\n    class: market_maker\n    market: 'XBT:GBP'\n    params:\n"
+    with pytest.raises(ConfigError, match=r"<string>:6: strategies\[0\]\.params\.half_spread: XBT:GBP price '3\.001'"):
+        loads(mm + "      half_spread: '3.001'\n", RunConfig)
