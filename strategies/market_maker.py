@@ -114,7 +114,17 @@ class MarketMaker(Strategy):
         self.requote(ctx, self.wanted(ctx, mid), bid, ask)
 
     def requote(self, ctx: Context, want: dict[Side, int], bid: int, ask: int) -> None:
-        for side in (Side.BUY, Side.SELL):
+        # Move the side that gets out of the way first: when the new bid would reach our own
+        # resting ask (the market jumped up), replace the ask before the bid, or the bid is
+        # refused as a self-cross (the risk view counts an order as gone once its cancel is
+        # sent, and the exchange executes our commands in order).
+        sides = (Side.BUY, Side.SELL)
+        ask_ref = self.quotes.get(Side.SELL)
+        own_ask = ctx.order(ask_ref) if ask_ref is not None else None
+        new_bid = want.get(Side.BUY)
+        if new_bid is not None and own_ask is not None and own_ask.price is not None and new_bid >= own_ask.price:
+            sides = (Side.SELL, Side.BUY)
+        for side in sides:
             ref = self.quotes.get(side)
             order = ctx.order(ref) if ref is not None else None
             if order is not None and not order.is_open:
