@@ -579,7 +579,7 @@ class Connection:
         self._pending[tag] = pending
         if log.isEnabledFor(logging.DEBUG):  # the method and tag only: fields may hold secrets
             log.debug("session %d: sending %s (tag %d)", self.session, pending.method, tag)
-        data = CODEC.encode_vouched(command) if vouched else CODEC.encode(command)
+        data = CODEC.encode_trusted(command) if vouched else CODEC.encode(command)
         try:
             written = self._ws.write_nowait(self._ws.text_frame(data))
         except WebSocketClosed as e:

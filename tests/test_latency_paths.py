@@ -425,7 +425,7 @@ WIRE_INT = st.integers(1, 2**63 - 1) | st.integers(2**63 - 2, 2**64 + 1)  # both
 )
 def test_vouched_place_encodes_like_the_checked_path(side, kind, amount, price, tonce, persist, tag):
     """``Order.wire_checked`` vouches only for orders whose PlaceOrder the codec's check
-    accepts, and the vouched path (tag set in place, ``Codec.encode_vouched``) writes the
+    accepts, and the vouched path (tag set in place, ``Codec.encode_trusted``) writes the
     same bytes as the checked one (``structs.replace`` + ``Codec.encode``) did."""
     import msgspec
 
@@ -455,7 +455,7 @@ def test_vouched_place_encodes_like_the_checked_path(side, kind, amount, price, 
     if order.wire_checked:
         cmd = order.to_command()
         msgspec.structs.force_setattr(cmd, "tag", tag)
-        assert CODEC.encode_vouched(cmd) == checked
+        assert CODEC.encode_trusted(cmd) == checked
         assert cmd == msgspec.structs.replace(order.to_command(), tag=tag)
 
 

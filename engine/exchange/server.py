@@ -261,12 +261,6 @@ class _NoticeText:
         self.frame = b""
 
 
-_encode_json = CODEC.encode_unchecked
-"""Bound once (``deliver`` runs per notice and connection): ``Codec.encode`` is this plus
-the wording of its errors and, for a Command or with ``validate_outgoing``, a check of the
-text."""
-
-
 def _frame(utf8: bytes) -> bytes:
     return text_frame(utf8, mask=False)
 
@@ -482,17 +476,9 @@ class _Connection:
         if notice is texts.last:
             frame = texts.frame
         else:
-            # text_frame(CODEC.encode(notice), mask=False) without the two calls around
-            # msgspec: a notice is never a Command, so CODEC.encode checks its text only
-            # with validate_outgoing, and an encoding error goes through CODEC.encode to
-            # raise its LocalProtocolError.
-            if CODEC.validate_outgoing:
-                utf8 = CODEC.encode(notice)
-            else:
-                try:
-                    utf8 = _encode_json(notice)
-                except (TypeError, ValueError, OverflowError):
-                    utf8 = CODEC.encode(notice)
+            # text_frame(CODEC.encode(notice), mask=False), with the header looked up here and
+            # without encode's type test (a notice is checked only with validate_outgoing)
+            utf8 = CODEC.encode(notice) if CODEC.validate_outgoing else CODEC.encode_trusted(notice)
             n = len(utf8)
             frame = TEXT_HEADS[n] + utf8 if n < 126 else text_frame(utf8, mask=False)
             texts.last = notice

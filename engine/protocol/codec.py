@@ -138,10 +138,6 @@ class Codec:
         self.validate_outgoing = validate_outgoing
         self._check_decoders: dict[type, msgspec.json.Decoder] = {}
         self._encoder = msgspec.json.Encoder()
-        self.encode_unchecked = self._encoder.encode
-        """msgspec's encoder itself: :meth:`encode` without its check and without the wording
-        of its errors (msgspec's TypeError / ValueError / OverflowError come through).  For
-        messages built from ints by the exchange (its notices, ``engine.exchange.server``)."""
         self._notice_decoder = msgspec.json.Decoder(Union[NOTICES])  # type: ignore[valid-type]
         self._command_decoder = msgspec.json.Decoder(Union[COMMANDS])  # type: ignore[valid-type]
         self._head_decoder = msgspec.json.Decoder(_ReplyHead)
@@ -173,11 +169,12 @@ class Codec:
                 raise LocalProtocolError(f"refusing to send {t.__name__}: {text}", field=path) from None
         return data
 
-    def encode_vouched(self, msg: Command) -> bytes:
-        """:meth:`encode` without the check that decodes the text again, for a command whose
+    def encode_trusted(self, msg: Command | Reply | Notice) -> bytes:
+        """:meth:`encode` without the check that decodes the text again, for a message whose
         every field is already known to be what that check accepts: a PlaceOrder the order
         tracker built from an order it vouched for (``Order.wire_checked``; the connection's
-        ``send_nowait(..., vouched=True)``).  Everything else goes through :meth:`encode`."""
+        ``send_nowait(..., vouched=True)``), or a notice the exchange built from its own ints
+        (unless ``validate_outgoing``).  Everything else goes through :meth:`encode`."""
         try:
             return self._encoder.encode(msg)
         except (TypeError, ValueError, OverflowError) as e:
