@@ -51,7 +51,6 @@ from engine.errors import HandshakeFailed, WebSocketClosed
 __all__ = [
     "CloseReason",
     "HandshakeRequest",
-    "TEXT_HEADS",
     "WebSocket",
     "accept_request",
     "connect",
@@ -170,9 +169,7 @@ def encode_frame(opcode: int, payload: bytes, *, mask: bool, fin: bool = True) -
 # The headers of unfragmented text frames under 126 bytes (most notices), by payload
 # length: one tuple index instead of building them per frame; from 126 bytes (an order
 # command with its tag and tonce) the 16-bit length follows a fixed first two bytes.
-TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
-"""``TEXT_HEADS[n]``: the header of an unmasked text frame of ``n`` < 126 bytes (a server's
-frame: the exchange frames its notices with it directly)."""
+_TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
 _MASKED_TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, 0x80 | n)) for n in range(126))
 _TEXT_16 = bytes((0x80 | OP_TEXT, 126))
 _MASKED_TEXT_16 = bytes((0x80 | OP_TEXT, 0x80 | 126))
@@ -183,7 +180,7 @@ def text_frame(utf8: bytes, *, mask: bool) -> bytes:
     header packing (this is on the path of every notice and every order)."""
     n = len(utf8)
     if n < 126:
-        head = _MASKED_TEXT_HEADS[n] if mask else TEXT_HEADS[n]
+        head = _MASKED_TEXT_HEADS[n] if mask else _TEXT_HEADS[n]
     elif n < 65536:
         head = (_MASKED_TEXT_16 if mask else _TEXT_16) + n.to_bytes(2, "big")
     else:

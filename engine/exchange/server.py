@@ -71,7 +71,7 @@ from engine.errors import ConfigError, HandshakeFailed, WebSocketClosed
 from engine.protocol.auth import NONCE_BYTES, b64_nonce
 from engine.protocol.codec import CODEC, BadCommand
 from engine.protocol.messages import Command, Notice, Reply, Welcome
-from engine.ws import TEXT_HEADS, WebSocket, accept_request, text_frame
+from engine.ws import WebSocket, accept_request, text_frame
 
 if TYPE_CHECKING:
     from engine.exchange.core import Exchange, Session
@@ -468,19 +468,17 @@ class _Connection:
     def deliver(self, notice: Notice) -> None:
         """The session's ``deliver`` callback: encode and queue, or drop a slow reader.
 
-        Runs for every notice to every connection, so the encoding and :meth:`_queue` are
-        inlined here (four Python calls less per notice than until session 5)."""
+        The core hands one notice object to its recipients back to back: it is encoded once
+        (``_notice_text`` remembers the last one)."""
         if self.closed:
             return
         texts = self._notice_text
         if notice is texts.last:
             frame = texts.frame
         else:
-            # text_frame(CODEC.encode(notice), mask=False), with the header looked up here and
-            # without encode's type test (a notice is checked only with validate_outgoing)
+            # the exchange builds notices from its own ints: checked only with validate_outgoing
             utf8 = CODEC.encode(notice) if CODEC.validate_outgoing else CODEC.encode_trusted(notice)
-            n = len(utf8)
-            frame = TEXT_HEADS[n] + utf8 if n < 126 else text_frame(utf8, mask=False)
+            frame = _frame(utf8)
             texts.last = notice
             texts.frame = frame
         if self.chaos is not None and self.chaos.notice_delay > 0:
@@ -489,14 +487,7 @@ class _Connection:
             self._last_notice_release = release
             self._hold(release, frame)
             return
-        server = self.server
-        if server._cork_depth:
-            cork = self._cork
-            if not cork:
-                server._corked.append(self)
-            cork.append(frame)
-            return
-        self._write(frame)
+        self._queue(frame)
 
     def _queue(self, frame: bytes) -> None:
         server = self.server
