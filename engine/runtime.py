@@ -928,11 +928,10 @@ class TradingCore:
         return out
 
 
-_HOOKS = HOOKS
 
 
 def _inherited_hooks(strategy: Strategy) -> frozenset[str]:
     """The hooks ``strategy`` does not override: the base class's do nothing, so the core
     need not build their arguments nor call them (a market maker ignores every trade)."""
-    return frozenset(h for h in _HOOKS
+    return frozenset(h for h in HOOKS
                      if getattr(getattr(strategy, h, None), "__func__", None) is getattr(Strategy, h))
