@@ -928,8 +928,6 @@ class TradingCore:
         return out
 
 
-
-
 def _inherited_hooks(strategy: Strategy) -> frozenset[str]:
     """The hooks ``strategy`` does not override: the base class's do nothing, so the core
     need not build their arguments nor call them (a market maker ignores every trade)."""
